@@ -1,0 +1,1 @@
+"""HTTP shapes: routes, request validation, error bodies, middleware."""

@@ -1,0 +1,62 @@
+"""Every error response is OpenAI-shaped JSON: ``{"error": {"message", "type", "param", "code"}}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from tokenrelay.errors import InvalidRequest, TokenRelayError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(error: TokenRelayError) -> Response:
+    """The HTTP response for an error raised before a stream started."""
+    return Response(
+        error.openai_body(), status_code=error.http_status, headers=error.headers(), media_type="application/json"
+    )
+
+
+def _describe(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    first = errors[0]
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        return f"request body is not valid JSON: {first.get('ctx', {}).get('error', 'parse error')}", None
+    param = ".".join(location) or None
+    message = first.get("msg", "invalid request")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return (f"{param}: {message}{more}" if param else f"{message}{more}"), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map validation errors, our exception tree and stray HTTP errors to OpenAI-shaped bodies."""
+
+    async def on_validation_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        message, param = _describe(list(exc.errors()))
+        return error_response(InvalidRequest(message, param=param))
+
+    async def on_tokenrelay_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, TokenRelayError)
+        return error_response(exc)
+
+    async def on_http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error = InvalidRequest(str(exc.detail))
+        return Response(
+            error.openai_body(), status_code=exc.status_code, headers=exc.headers, media_type="application/json"
+        )
+
+    async def on_unexpected(request: Request, _exc: Exception) -> Response:
+        log.exception("unhandled error", extra={"request_id": request.state.request_id})
+        return error_response(TokenRelayError("internal server error"))
+
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(TokenRelayError, on_tokenrelay_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

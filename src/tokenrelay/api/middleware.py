@@ -1,0 +1,84 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer and hide disconnects)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tokenrelay.errors import BodyTooLarge
+
+_SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def new_request_id() -> str:
+    """A fresh request id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    """Takes ``X-Request-ID`` from the request if it is sane, else makes one; echoes it back."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        supplied = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        request_id = supplied.decode() if supplied and _SANE_REQUEST_ID.match(supplied) else new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_with_request_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_request_id)
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over ``max_body_bytes`` with 413, by header or while reading a chunked body."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None:
+            # The server holds the body to its declared length, so the header is all we check
+            # and the stream's hot path is not wrapped.
+            if declared.isdigit() and int(declared) > limit:
+                await _send_too_large(send, limit)
+            else:
+                await self.app(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # Raised inside the body read: the app's TokenRelayError handler answers 413.
+                    raise BodyTooLarge(f"request body exceeds {limit} bytes (max_body_bytes)")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+async def _send_too_large(send: Send, limit: int) -> None:
+    error = BodyTooLarge(f"request body exceeds {limit} bytes (max_body_bytes)")
+    await send(
+        {"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": error.openai_body()})

@@ -1,0 +1,91 @@
+"""HTTP routes: validate, resolve the model, hand the stream to the relay. No streaming logic here."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+
+from tokenrelay.api.schemas import ChatCompletionRequest, ChatRequest
+from tokenrelay.errors import ModelNotFound, ServiceUnavailable
+from tokenrelay.ledger.db import is_reachable
+from tokenrelay.relay.lifecycle import RelayRuntime, StreamRelay
+from tokenrelay.relay.protocols import ChatEvents, OpenAIChunks, OpenAICompletion, WireProtocol
+from tokenrelay.ledger.record import StreamRecord
+
+router = APIRouter()
+
+
+def _admit(request: Request, *, model_name: str | None, body: dict[str, Any], protocol: WireProtocol) -> StreamRelay:
+    runtime: RelayRuntime = request.app.state.runtime
+    if runtime.drain.draining:
+        raise ServiceUnavailable("the gateway is shutting down; retry on another instance")
+    resolved = runtime.settings.model(model_name)
+    if resolved is None:
+        raise ModelNotFound(f"the model {model_name!r} does not exist", param="model")
+    public_name, model = resolved
+    record = StreamRecord(
+        stream_id=uuid.uuid4().hex,
+        request_id=request.state.request_id,
+        model=public_name,
+        upstream_model=model.upstream_model or public_name,
+        messages=body["messages"],
+        tokenizer_encoding=model.tokenizer_encoding,
+        started_at=datetime.now(UTC),
+        started_mono=time.monotonic(),
+    )
+    return StreamRelay(
+        record=record,
+        body=body,
+        model=model,
+        upstream=request.app.state.upstreams.client_for(model),
+        protocol=protocol,
+        runtime=runtime,
+    )
+
+
+@router.post("/chat", summary="Stream a chat answer as typed events (delta, usage, done, error)")
+async def chat(payload: ChatRequest, request: Request) -> Response:
+    return _admit(request, model_name=payload.model, body=payload.upstream_body(), protocol=ChatEvents())
+
+
+@router.post("/v1/chat/completions", summary="OpenAI-compatible chat completions, streamed or not")
+async def chat_completions(payload: ChatCompletionRequest, request: Request) -> Response:
+    protocol: WireProtocol
+    if payload.stream:
+        include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
+        protocol = OpenAIChunks(public_model=payload.model, include_usage=include_usage)
+    else:
+        protocol = OpenAICompletion(public_model=payload.model)
+    return _admit(request, model_name=payload.model, body=payload.upstream_body(), protocol=protocol)
+
+
+@router.get("/v1/models", summary="The models this gateway serves")
+async def list_models(request: Request) -> dict[str, Any]:
+    runtime: RelayRuntime = request.app.state.runtime
+    return {
+        "object": "list",
+        "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "tokenrelay", "description": cfg.description}
+            for name, cfg in runtime.settings.models.items()
+        ],
+    }
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Ready to serve: not draining and the ledger DB answers")
+async def readyz(request: Request) -> Response:
+    runtime: RelayRuntime = request.app.state.runtime
+    engine = request.app.state.engine
+    ledger = "disabled" if engine is None else ("ok" if await is_reachable(engine) else "unreachable")
+    ready = not runtime.drain.draining and ledger != "unreachable"
+    body = {"status": "ready" if ready else "not_ready", "ledger": ledger, "draining": runtime.drain.draining}
+    return JSONResponse(body, status_code=200 if ready else 503)

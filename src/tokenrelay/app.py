@@ -1,0 +1,131 @@
+"""``create_app(settings)``: the one place that wires the gateway together.
+
+The lifespan builds everything in order (simulator, tokenizer, ledger DB, ledger writer,
+upstream clients, drain coordinator) and tears it down in reverse. Nothing connects at import
+time and no module-level global holds a connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from types import FrameType
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from tokenrelay.api.errors import install_error_handlers
+from tokenrelay.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from tokenrelay.api.routes import router
+from tokenrelay.config import BUILTIN_SIM_URL, Settings, load_settings
+from tokenrelay.ledger.db import create_engine, prepare_schema
+from tokenrelay.ledger.tokens import TokenCounter
+from tokenrelay.ledger.writer import LedgerWriter
+from tokenrelay.observability.logging import configure_logging, log_stream_end
+from tokenrelay.relay.lifecycle import DrainCoordinator, RelayRuntime
+from tokenrelay.sim.embedded import EmbeddedSim
+from tokenrelay.upstreams.registry import Upstreams
+
+log = logging.getLogger(__name__)
+
+_SignalHandler = Callable[[int, FrameType | None], Any] | int | None
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A gateway app for ``settings``; its resources live exactly as long as its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            url_overrides: dict[str, str] = {}
+            if any(m.base_url == BUILTIN_SIM_URL for m in settings.models.values()):
+                sim = EmbeddedSim()
+                url_overrides[BUILTIN_SIM_URL] = await asyncio.to_thread(sim.start)
+                stack.callback(sim.stop)
+                log.info("simulated upstream ready", extra={"base_url": url_overrides[BUILTIN_SIM_URL]})
+
+            counter = TokenCounter()
+            await counter.load(m.tokenizer_encoding for m in settings.models.values())
+
+            engine = None
+            if settings.ledger.enabled:
+                engine = create_engine(settings.ledger)
+                stack.push_async_callback(engine.dispose)
+                await prepare_schema(engine, migrate_if_empty=settings.ledger.migrate_on_start)
+            writer = LedgerWriter(
+                sessions=async_sessionmaker(engine, expire_on_commit=False) if engine is not None else None,
+                dialect=engine.dialect.name if engine is not None else "sqlite",
+                counter=counter,
+                batch_max_rows=settings.ledger.batch_max_rows,
+                batch_max_seconds=settings.ledger.batch_max_seconds,
+                on_finished=log_stream_end,
+            )
+            await writer.start()
+            stack.push_async_callback(writer.close)
+
+            upstreams = Upstreams(max_connections=settings.upstream_max_connections, url_overrides=url_overrides)
+            stack.push_async_callback(upstreams.aclose)
+
+            drain = DrainCoordinator(settings.drain_seconds)
+            stack.callback(drain.close)
+            # Streams still running when the lifespan ends (server forced to stop) end now.
+            stack.callback(drain.stop_all)
+            stack.enter_context(_drain_on_signals(drain))
+
+            app.state.runtime = RelayRuntime(settings=settings, ledger=writer, counter=counter, drain=drain)
+            app.state.upstreams = upstreams
+            app.state.engine = engine
+            log.info("tokenrelay ready", extra={"models": list(settings.models), "default": settings.default_model})
+            yield
+
+    app = FastAPI(title="tokenrelay", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+class _drain_on_signals:  # noqa: N801 - used like a contextlib helper
+    """Start draining when the server is told to stop, before it waits for our streams.
+
+    uvicorn installs its SIGTERM/SIGINT handlers before the lifespan starts and only waits for
+    open connections after them; chaining ours in front lets running streams learn of the
+    shutdown (drain, then a ``shutdown`` error event) instead of being waited on forever.
+    Only the main thread can handle signals; elsewhere this does nothing.
+    """
+
+    def __init__(self, drain: DrainCoordinator) -> None:
+        self._drain = drain
+        self._previous: dict[int, _SignalHandler] = {}
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            loop.call_soon_threadsafe(self._drain.begin)
+            previous = self._previous.get(signum)
+            if callable(previous):
+                previous(signum, frame)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, handler)
+
+    def __exit__(self, *_exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` and worker processes: settings from file and env."""
+    settings = load_settings()
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    return create_app(settings)

@@ -1,0 +1,156 @@
+"""Settings: a TOML file plus ``TOKENRELAY_*`` environment variables (pydantic-settings).
+
+Precedence, highest first: keyword arguments, environment variables, the TOML file, defaults.
+Nested values use ``__`` in environment variables, e.g. ``TOKENRELAY_LEDGER__DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+# The base URL that means "the simulated upstream started inside this gateway".
+BUILTIN_SIM_URL = "builtin:sim"
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+# Offered automatically when OPENAI_API_KEY is set and no model table is configured.
+OPENAI_PRESET_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1")
+
+
+class ModelConfig(BaseModel):
+    """One public model name and the upstream that serves it."""
+
+    base_url: str = Field(description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
+    upstream_model: str | None = Field(default=None, description="Model name sent upstream; default: the public name")
+    api_key_env: str | None = Field(default=None, description="Environment variable holding the upstream API key")
+    description: str = ""
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    first_token_timeout_seconds: float = Field(default=60.0, gt=0)
+    idle_timeout_seconds: float = Field(default=60.0, gt=0)
+    total_timeout_seconds: float = Field(default=600.0, gt=0)
+    tokenizer_encoding: str = Field(default="cl100k_base", description="tiktoken encoding used to estimate usage")
+
+    def api_key(self) -> str | None:
+        """The upstream key, read from the environment at call time (never stored in settings)."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class LedgerSettings(BaseModel):
+    """Where and how usage rows are written."""
+
+    enabled: bool = True
+    database_url: str = "sqlite+aiosqlite:///tokenrelay.db"
+    migrate_on_start: bool = Field(default=True, description="Create the schema at start-up when the DB is empty")
+    batch_max_rows: int = Field(default=200, ge=1)
+    batch_max_seconds: float = Field(default=0.1, gt=0)
+    pool_size: int = Field(default=5, ge=1)
+    pool_pre_ping: bool = True
+
+
+class Settings(BaseSettings):
+    """All gateway settings. Durations carry their unit in the name."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TOKENRELAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = Field(default=1, ge=1)
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", pattern="^(json|console)$")
+
+    default_model: str | None = None
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+
+    keepalive_seconds: float = Field(default=15.0, gt=0)
+    drain_seconds: float = Field(default=10.0, ge=0)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    upstream_max_connections: int = Field(default=1000, ge=1)
+
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file comes from model_config["toml_file"] (see load_settings); none by default.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @field_validator("models")
+    @classmethod
+    def _model_names_are_sane(cls, models: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+        for name in models:
+            if not name or len(name) > 200:
+                raise ValueError(f"invalid model name {name!r}")
+        return models
+
+    @model_validator(mode="after")
+    def _fill_default_models(self) -> Settings:
+        if not self.models:
+            self.models = default_models()
+        if self.default_model is None:
+            self.default_model = next(iter(self.models))
+        if self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not in models")
+        return self
+
+    def model(self, name: str | None) -> tuple[str, ModelConfig] | None:
+        """Resolve a public model name (None: the default) to its config."""
+        public = name or self.default_model
+        assert public is not None
+        config = self.models.get(public)
+        return (public, config) if config is not None else None
+
+
+def default_models() -> dict[str, ModelConfig]:
+    """Models available with no configuration file: OpenAI's if a key is set, and the simulator."""
+    models: dict[str, ModelConfig] = {}
+    if os.environ.get("OPENAI_API_KEY"):
+        for name in OPENAI_PRESET_MODELS:
+            models[name] = ModelConfig(
+                base_url=OPENAI_BASE_URL,
+                api_key_env="OPENAI_API_KEY",
+                tokenizer_encoding="o200k_base",
+                description="OpenAI",
+            )
+    models["tokenrelay-sim"] = ModelConfig(
+        base_url=BUILTIN_SIM_URL,
+        # Paced like a real model so the demo shows tokens arriving.
+        upstream_model="sim?tps=40",
+        description="Simulated model built into tokenrelay (no API key, no real model)",
+    )
+    return models
+
+
+CONFIG_FILE_ENV = "TOKENRELAY_CONFIG_FILE"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from a TOML file (argument, else ``$TOKENRELAY_CONFIG_FILE``), env and overrides."""
+    path = config_file or (Path(os.environ[CONFIG_FILE_ENV]) if os.environ.get(CONFIG_FILE_ENV) else None)
+    if path is None:
+        return Settings(**overrides)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
+
+    return FileSettings(**overrides)

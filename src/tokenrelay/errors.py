@@ -1,0 +1,127 @@
+"""The one exception tree of tokenrelay.
+
+Each class knows its HTTP status (used while the response has not started) and its event
+code (used in an ``error`` event once streaming began)::
+
+    TokenRelayError                      500  internal_error
+    ├── InvalidRequest                   400  invalid_request_error
+    │   ├── BodyTooLarge                 413  request_too_large
+    │   └── ModelNotFound                404  model_not_found
+    ├── ServiceUnavailable               503  shutting_down
+    └── UpstreamError                    502  upstream_error
+        ├── UpstreamRateLimited          429  upstream_rate_limited   (Retry-After passed on)
+        ├── UpstreamRejected             4xx  upstream_rejected       (the upstream's own 400/404/413/422)
+        ├── UpstreamUnavailable          502  upstream_unavailable    (connection refused, 5xx, 401/403)
+        ├── UpstreamProtocolError        502  upstream_protocol_error (unparsable stream, dropped mid-stream)
+        └── UpstreamTimeout              504  upstream_timeout
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import orjson
+
+
+class TokenRelayError(Exception):
+    """Base class: a failure with a status, an OpenAI error type and an event code."""
+
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    @property
+    def http_status(self) -> int:
+        """The status for a response that has not started yet."""
+        return self.status_code
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (e.g. Retry-After)."""
+        return {}
+
+    def openai_body(self) -> bytes:
+        """The error as OpenAI shapes it: ``{"error": {"message", "type", "param", "code"}}``."""
+        return orjson.dumps(
+            {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+        )
+
+
+class InvalidRequest(TokenRelayError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request_error"
+
+
+class BodyTooLarge(InvalidRequest):
+    status_code = 413
+    code = "request_too_large"
+
+
+class ModelNotFound(InvalidRequest):
+    status_code = 404
+    code = "model_not_found"
+
+
+class ServiceUnavailable(TokenRelayError):
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "shutting_down"
+
+
+class UpstreamError(TokenRelayError):
+    status_code = 502
+    error_type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamRateLimited(UpstreamError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "upstream_rate_limited"
+
+    def __init__(self, message: str, *, retry_after: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": self.retry_after} if self.retry_after else {}
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream refused the request itself (e.g. context too long): the client can fix it."""
+
+    error_type = "invalid_request_error"
+    code = "upstream_rejected"
+
+    def __init__(self, message: str, *, upstream_status: int) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+
+    @property
+    def http_status(self) -> int:
+        return self.upstream_status
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class UpstreamProtocolError(UpstreamError):
+    code = "upstream_protocol_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    error_type = "timeout_error"
+    code = "upstream_timeout"
+
+
+class StreamShutdown(ServiceUnavailable):
+    """The gateway is stopping and the drain period ran out."""
+
+    code = "shutdown"

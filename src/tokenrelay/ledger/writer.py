@@ -1,0 +1,168 @@
+"""Writing usage rows after streams end, where no request's cancellation can reach.
+
+Invariants (each one is a test):
+
+* ``submit`` never blocks and never awaits: the relay calls it from its ``finally`` even while
+  its task is being cancelled, so handing over a record cannot be interrupted.
+* Rows are written by the writer's own task, in a fresh session per batch, inside
+  ``session.begin()``, which commits or rolls back on every path: no connection is ever left
+  idle in transaction by a cancelled request.
+* Each batch write is its own task, referenced by the writer and awaited through
+  ``asyncio.shield``: a cancelled writer (hard shutdown) still lets the batch finish its
+  commit before the cancellation goes on.
+* Inserts are insert-or-ignore on the unique ``stream_id``, so a replayed row never doubles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Insert
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tokenrelay.ledger.models import UsageRecord
+from tokenrelay.ledger.tokens import TokenCounter
+from tokenrelay.ledger.record import StreamRecord
+
+log = logging.getLogger(__name__)
+
+
+def to_row(record: StreamRecord) -> dict[str, Any]:
+    """The ``usage_record`` row for a finished stream with its usage filled in."""
+    assert record.status is not None and record.finished_at is not None
+    return {
+        "stream_id": record.stream_id,
+        "request_id": record.request_id,
+        "api_key_id": record.api_key_id,
+        "model": record.model,
+        "upstream_model": record.upstream_model,
+        "status": str(record.status),
+        "error_code": record.error_code,
+        "disconnect_phase": str(record.disconnect_phase) if record.disconnect_phase else None,
+        "finish_reason": record.finish_reason,
+        "prompt_tokens": record.prompt_tokens or 0,
+        "completion_tokens": record.completion_tokens or 0,
+        "usage_source": str(record.usage_source),
+        "chunk_count": record.chunk_count,
+        "ttft_ms": record.ttft_ms,
+        "duration_ms": record.duration_ms or 0.0,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+    }
+
+
+def insert_ignoring_duplicates(dialect: str) -> Insert:
+    """``INSERT ... ON CONFLICT (stream_id) DO NOTHING`` for SQLite and PostgreSQL."""
+    module = postgresql if dialect == "postgresql" else sqlite
+    return module.insert(UsageRecord).on_conflict_do_nothing(index_elements=["stream_id"])
+
+
+class LedgerWriter:
+    """Takes finished streams, estimates missing usage, reports them, and writes them in batches.
+
+    With ``sessions=None`` (ledger disabled) it still estimates and calls ``on_finished``.
+    """
+
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession] | None,
+        dialect: str,
+        counter: TokenCounter,
+        batch_max_rows: int,
+        batch_max_seconds: float,
+        on_finished: Callable[[StreamRecord], None] = lambda _record: None,
+    ) -> None:
+        self._sessions = sessions
+        self._insert = insert_ignoring_duplicates(dialect)
+        self._counter = counter
+        self._on_finished = on_finished
+        self._batch_max_rows = batch_max_rows
+        self._batch_max_seconds = batch_max_seconds
+        self._queue: asyncio.Queue[StreamRecord | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._batch_task: asyncio.Task[None] | None = None
+        self.rows_written = 0
+        self.rows_failed = 0
+
+    def submit(self, record: StreamRecord) -> None:
+        """Hand over a finished stream's record. Never blocks, never awaits."""
+        self._queue.put_nowait(record)
+
+    @property
+    def pending(self) -> int:
+        """Records submitted and not yet written."""
+        return self._queue.qsize()
+
+    async def start(self) -> None:
+        """Start the writer task."""
+        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    async def close(self) -> None:
+        """Write everything submitted so far, then stop."""
+        if self._task is None:
+            return
+        # The sentinel goes behind every record already submitted: all of them are written.
+        self._queue.put_nowait(None)
+        await self._task
+        self._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        closing = False
+        while not closing:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = loop.time() + self._batch_max_seconds
+            while len(batch) < self._batch_max_rows:
+                try:
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self._queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                if item is None:
+                    closing = True
+                    break
+                batch.append(item)
+            await self._write_shielded(batch)
+
+    async def _write_shielded(self, batch: list[StreamRecord]) -> None:
+        self._batch_task = asyncio.create_task(self._write(batch), name="ledger-batch")
+        try:
+            await asyncio.shield(self._batch_task)
+        except asyncio.CancelledError:
+            # Let the commit (or rollback) finish before the writer stops; then stop.
+            await asyncio.wait({self._batch_task})
+            raise
+        finally:
+            self._batch_task = None
+
+    async def _write(self, batch: list[StreamRecord]) -> None:
+        try:
+            unestimated = [record for record in batch if record.usage_source is None]
+            if unestimated:
+                await asyncio.to_thread(lambda: [self._counter.estimate(r) for r in unestimated])
+            for record in batch:
+                self._on_finished(record)
+            if self._sessions is None:
+                return
+            rows = [to_row(record) for record in batch]
+            async with self._sessions() as session, session.begin():
+                await session.execute(self._insert, rows)
+            self.rows_written += len(rows)
+        except Exception:
+            self.rows_failed += len(batch)
+            log.exception(
+                "ledger batch write failed", extra={"request_ids": [record.request_id for record in batch]}
+            )
