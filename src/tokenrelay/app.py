@@ -68,7 +68,9 @@ def create_app(settings: Settings) -> FastAPI:
             await writer.start()
             stack.push_async_callback(writer.close)
 
-            upstreams = Upstreams(max_connections=settings.upstream_max_connections, url_overrides=url_overrides)
+            upstreams = Upstreams(
+                max_connections=settings.upstream_max_connections, url_overrides=url_overrides
+            )
             stack.push_async_callback(upstreams.aclose)
 
             drain = DrainCoordinator(settings.drain_seconds)
@@ -80,7 +82,9 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.runtime = RelayRuntime(settings=settings, ledger=writer, counter=counter, drain=drain)
             app.state.upstreams = upstreams
             app.state.engine = engine
-            log.info("tokenrelay ready", extra={"models": list(settings.models), "default": settings.default_model})
+            log.info(
+                "tokenrelay ready", extra={"models": list(settings.models), "default": settings.default_model}
+            )
             yield
 
     app = FastAPI(title="tokenrelay", version="0.1.0", lifespan=lifespan)

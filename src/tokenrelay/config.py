@@ -30,14 +30,20 @@ class ModelConfig(BaseModel):
     """One public model name and the upstream that serves it."""
 
     base_url: str = Field(description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
-    upstream_model: str | None = Field(default=None, description="Model name sent upstream; default: the public name")
-    api_key_env: str | None = Field(default=None, description="Environment variable holding the upstream API key")
+    upstream_model: str | None = Field(
+        default=None, description="Model name sent upstream; default: the public name"
+    )
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable holding the upstream API key"
+    )
     description: str = ""
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     first_token_timeout_seconds: float = Field(default=60.0, gt=0)
     idle_timeout_seconds: float = Field(default=60.0, gt=0)
     total_timeout_seconds: float = Field(default=600.0, gt=0)
-    tokenizer_encoding: str = Field(default="cl100k_base", description="tiktoken encoding used to estimate usage")
+    tokenizer_encoding: str = Field(
+        default="cl100k_base", description="tiktoken encoding used to estimate usage"
+    )
 
     def api_key(self) -> str | None:
         """The upstream key, read from the environment at call time (never stored in settings)."""
@@ -49,7 +55,9 @@ class LedgerSettings(BaseModel):
 
     enabled: bool = True
     database_url: str = "sqlite+aiosqlite:///tokenrelay.db"
-    migrate_on_start: bool = Field(default=True, description="Create the schema at start-up when the DB is empty")
+    migrate_on_start: bool = Field(
+        default=True, description="Create the schema at start-up when the DB is empty"
+    )
     batch_max_rows: int = Field(default=200, ge=1)
     batch_max_seconds: float = Field(default=0.1, gt=0)
     pool_size: int = Field(default=5, ge=1)

@@ -47,7 +47,14 @@ class TokenRelayError(Exception):
     def openai_body(self) -> bytes:
         """The error as OpenAI shapes it: ``{"error": {"message", "type", "param", "code"}}``."""
         return orjson.dumps(
-            {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+            {
+                "error": {
+                    "message": self.message,
+                    "type": self.error_type,
+                    "param": self.param,
+                    "code": self.code,
+                }
+            }
         )
 
 

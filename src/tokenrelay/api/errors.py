@@ -18,7 +18,10 @@ log = logging.getLogger(__name__)
 def error_response(error: TokenRelayError) -> Response:
     """The HTTP response for an error raised before a stream started."""
     return Response(
-        error.openai_body(), status_code=error.http_status, headers=error.headers(), media_type="application/json"
+        error.openai_body(),
+        status_code=error.http_status,
+        headers=error.headers(),
+        media_type="application/json",
     )
 
 
@@ -49,7 +52,10 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, HTTPException)
         error = InvalidRequest(str(exc.detail))
         return Response(
-            error.openai_body(), status_code=exc.status_code, headers=exc.headers, media_type="application/json"
+            error.openai_body(),
+            status_code=exc.status_code,
+            headers=exc.headers,
+            media_type="application/json",
         )
 
     async def on_unexpected(request: Request, _exc: Exception) -> Response:

@@ -20,7 +20,9 @@ from tokenrelay.ledger.record import StreamRecord
 router = APIRouter()
 
 
-def _admit(request: Request, *, model_name: str | None, body: dict[str, Any], protocol: WireProtocol) -> StreamRelay:
+def _admit(
+    request: Request, *, model_name: str | None, body: dict[str, Any], protocol: WireProtocol
+) -> StreamRelay:
     runtime: RelayRuntime = request.app.state.runtime
     if runtime.drain.draining:
         raise ServiceUnavailable("the gateway is shutting down; retry on another instance")
@@ -70,7 +72,13 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {
         "object": "list",
         "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "tokenrelay", "description": cfg.description}
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "tokenrelay",
+                "description": cfg.description,
+            }
             for name, cfg in runtime.settings.models.items()
         ],
     }

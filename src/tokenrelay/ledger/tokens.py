@@ -60,7 +60,9 @@ class TokenCounter:
             self._encodings[BUNDLED_ENCODING] = await asyncio.to_thread(_load, BUNDLED_ENCODING)
         for name in set(names) - self._encodings.keys():
             try:
-                self._encodings[name] = await asyncio.wait_for(asyncio.to_thread(_load, name), timeout_seconds)
+                self._encodings[name] = await asyncio.wait_for(
+                    asyncio.to_thread(_load, name), timeout_seconds
+                )
             except Exception as exc:  # network refused, unknown name, time-out: fall back, say so once
                 log.warning(
                     "tokenizer encoding unavailable, estimating with the bundled one instead",

@@ -12,7 +12,12 @@ import orjson
 from tokenrelay.ledger.record import StreamRecord
 
 # Attributes every LogRecord has; anything else was passed in ``extra`` and is logged as a field.
-_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 stream_log = logging.getLogger("tokenrelay.stream")
 
@@ -40,7 +45,9 @@ class ConsoleFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD_ATTRS)
-        line = f"{self.formatTime(record)} {record.levelname:<7} {record.name}: {record.getMessage()} {fields}"
+        line = (
+            f"{self.formatTime(record)} {record.levelname:<7} {record.name}: {record.getMessage()} {fields}"
+        )
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line.rstrip()

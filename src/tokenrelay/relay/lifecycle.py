@@ -165,10 +165,15 @@ class StreamRelay(Response):
         except UpstreamError as error:
             log.warning(
                 "upstream failed",
-                extra={"request_id": self.record.request_id, "error_class": type(error).__name__,
-                       "error": error.message},
+                extra={
+                    "request_id": self.record.request_id,
+                    "error_class": type(error).__name__,
+                    "error": error.message,
+                },
             )
-            status = StreamStatus.TIMEOUT if isinstance(error, UpstreamTimeout) else StreamStatus.UPSTREAM_ERROR
+            status = (
+                StreamStatus.TIMEOUT if isinstance(error, UpstreamTimeout) else StreamStatus.UPSTREAM_ERROR
+            )
             await self._end_with_error(status, error)
         except Exception as exc:
             log.exception("stream failed", extra={"request_id": self.record.request_id})
@@ -259,12 +264,16 @@ class StreamRelay(Response):
                 assert self._send is not None
                 headers = [(b"content-type", b"application/json")]
                 headers += [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
-                await self._send({"type": "http.response.start", "status": error.http_status, "headers": headers})
+                await self._send(
+                    {"type": "http.response.start", "status": error.http_status, "headers": headers}
+                )
                 await self._send({"type": "http.response.body", "body": error.openai_body()})
         except OSError:
             pass  # the client left while we were telling it; the record already says why we ended
 
-    async def _finish(self, upstream: UpstreamStream | None, watchers: tuple[asyncio.Future[None], ...]) -> None:
+    async def _finish(
+        self, upstream: UpstreamStream | None, watchers: tuple[asyncio.Future[None], ...]
+    ) -> None:
         """Runs on every exit path: close, stop watching, account."""
         record = self.record
         try:
@@ -274,7 +283,9 @@ class StreamRelay(Response):
                 try:
                     await upstream.aclose()
                 except Exception:
-                    log.debug("closing the upstream failed", exc_info=True, extra={"request_id": record.request_id})
+                    log.debug(
+                        "closing the upstream failed", exc_info=True, extra={"request_id": record.request_id}
+                    )
             await asyncio.gather(*watchers, return_exceptions=True)
         finally:
             # Reached even if this task is cancelled again during the awaits above.
@@ -330,10 +341,14 @@ class StreamRelay(Response):
                 data_deadline = self._last_data_at + model.idle_timeout_seconds
                 what = "the next chunk"
             if now >= total_at:
-                self.request_stop(StreamStatus.TIMEOUT, UpstreamTimeout("the stream exceeded its total time-out"))
+                self.request_stop(
+                    StreamStatus.TIMEOUT, UpstreamTimeout("the stream exceeded its total time-out")
+                )
                 return
             if now >= data_deadline:
-                self.request_stop(StreamStatus.TIMEOUT, UpstreamTimeout(f"upstream timed out waiting for {what}"))
+                self.request_stop(
+                    StreamStatus.TIMEOUT, UpstreamTimeout(f"upstream timed out waiting for {what}")
+                )
                 return
             ping_at = self._last_sent_at + keepalive
             if now >= ping_at:
@@ -370,4 +385,3 @@ def _error_message(chunk: dict[str, Any]) -> str:
     if isinstance(error, dict):
         return str(error.get("message", "unknown"))
     return str(error)
-

@@ -112,8 +112,11 @@ class OpenAIChunks:
                 "created": int(time.time()),
                 "model": self._model,
                 "choices": [],
-                "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                          "total_tokens": prompt + completion},
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                },
             }
             tail = b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
         return tail + b"data: [DONE]\n\n"
@@ -143,7 +146,8 @@ class OpenAICompletion:
             self._role = delta.get("role") or self._role
             for call in delta.get("tool_calls") or ():
                 merged = self._tool_calls.setdefault(
-                    call.get("index", 0), {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+                    call.get("index", 0),
+                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
                 )
                 merged["id"] = call.get("id") or merged["id"]
                 function = call.get("function") or {}
@@ -163,8 +167,11 @@ class OpenAICompletion:
                 "created": self._created or int(time.time()),
                 "model": self._model,
                 "choices": [{"index": 0, "message": message, "finish_reason": record.finish_reason}],
-                "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                          "total_tokens": prompt + completion},
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                },
             }
         )
 

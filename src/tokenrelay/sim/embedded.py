@@ -18,8 +18,14 @@ class EmbeddedSim:
     """A simulated upstream on 127.0.0.1:<free port>, started and stopped with the gateway."""
 
     def __init__(self) -> None:
-        config = uvicorn.Config(SimulatedUpstream(), host="127.0.0.1", port=0, log_level="warning",
-                                access_log=False, lifespan="off")
+        config = uvicorn.Config(
+            SimulatedUpstream(),
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="tokenrelay-sim", daemon=True)
 

@@ -91,7 +91,9 @@ class RequestStats:
 
 @dataclass
 class SimState:
-    requests: collections.deque[RequestStats] = field(default_factory=lambda: collections.deque(maxlen=20_000))
+    requests: collections.deque[RequestStats] = field(
+        default_factory=lambda: collections.deque(maxlen=20_000)
+    )
     active: int = 0
 
     def snapshot(self) -> dict[str, Any]:
@@ -119,7 +121,9 @@ class SimulatedUpstream:
         if path.endswith("/chat/completions") and method == "POST":
             await self._chat(scope, receive, send)
         elif path.endswith("/models") and method == "GET":
-            await _json(send, 200, {"object": "list", "data": [{"id": "sim", "object": "model", "owned_by": "sim"}]})
+            await _json(
+                send, 200, {"object": "list", "data": [{"id": "sim", "object": "model", "owned_by": "sim"}]}
+            )
         elif path == "/_stats" and method == "GET":
             await _json(send, 200, self.state.snapshot())
         elif path == "/_stats/reset" and method == "POST":
@@ -188,7 +192,9 @@ async def _wait_disconnect(receive: Receive) -> None:
         pass
 
 
-async def _json(send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _json(
+    send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = orjson.dumps(payload)
     await send(
         {
@@ -230,7 +236,9 @@ async def _error_status(send: Send, options: SimOptions, stats: RequestStats) ->
     headers = [(b"retry-after", options.retry_after.encode())] if options.retry_after else []
     stats.end = "error_status"
     kind = "rate_limit_error" if status == 429 else "server_error"
-    await _json(send, status, {"error": {"message": f"simulated {status}", "type": kind, "code": None}}, headers)
+    await _json(
+        send, status, {"error": {"message": f"simulated {status}", "type": kind, "code": None}}, headers
+    )
 
 
 async def _stream(
@@ -256,7 +264,12 @@ async def _stream(
     stats.headers_sent_at = time.monotonic()
     completion_id = "chatcmpl-sim" + uuid.uuid4().hex[:20]
     head = orjson.dumps(
-        {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": request["model"]}
+        {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": request["model"],
+        }
     )[:-1]
     prefix = b"data: " + head + b',"choices":[{"index":0,"delta":{"content":'
     suffix = b'},"finish_reason":null}]}\n\n'
@@ -264,8 +277,10 @@ async def _stream(
     async def write(payload: bytes) -> None:
         await send({"type": "http.response.body", "body": payload, "more_body": True})
 
-    await write(b"data: " + head + b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
-                b'"finish_reason":null}]}\n\n')
+    await write(
+        b"data: " + head + b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
+        b'"finish_reason":null}]}\n\n'
+    )
     if options.ttft:
         await asyncio.sleep(options.ttft)
     interval = 1.0 / options.tps if options.tps > 0 else 0.0
@@ -312,7 +327,11 @@ async def _stream(
 
 def _usage(request: dict[str, Any], completion_tokens: int) -> dict[str, int]:
     prompt = _prompt_tokens(request.get("messages", []))
-    return {"prompt_tokens": prompt, "completion_tokens": completion_tokens, "total_tokens": prompt + completion_tokens}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt + completion_tokens,
+    }
 
 
 async def _complete(
@@ -337,7 +356,11 @@ async def _complete(
         "created": int(time.time()),
         "model": request["model"],
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "".join(answer)}, "finish_reason": "stop"}
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(answer)},
+                "finish_reason": "stop",
+            }
         ],
         "usage": _usage(request, len(answer)),
     }

@@ -53,7 +53,9 @@ class UpstreamStream:
         except httpx2.TimeoutException as exc:
             raise UpstreamTimeout("upstream read timed out") from exc
         except httpx2.HTTPError as exc:
-            raise UpstreamProtocolError(f"upstream connection dropped mid-stream: {type(exc).__name__}") from exc
+            raise UpstreamProtocolError(
+                f"upstream connection dropped mid-stream: {type(exc).__name__}"
+            ) from exc
 
     async def aclose(self) -> None:
         """Close the connection; an unfinished body makes the transport drop it, not pool it."""
