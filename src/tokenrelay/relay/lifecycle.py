@@ -133,8 +133,12 @@ class StreamRelay(Response):
         self._send: Send | None = None
         self._started = False
         self._last_sent_at = record.started_mono
-        self._first_data_at: float | None = None
+        # First output: a content delta, or tool-call / reasoning progress. Before it, the
+        # first-token time-out applies and bytes are held back (role-only chunks), so that a
+        # failure is still an HTTP error; after it, the idle time-out applies.
+        self._first_output_at: float | None = None
         self._last_data_at = record.started_mono
+        self._held = bytearray()
 
     # -- the lifecycle, top to bottom ------------------------------------------------------
 
@@ -190,12 +194,10 @@ class StreamRelay(Response):
         decoder = SSEDecoder()
         clock = time.monotonic
         saw_done = False
+        out = self._held
         async for raw in upstream.iter_raw():
             now = clock()
             self._last_data_at = now
-            if self._first_data_at is None:
-                self._first_data_at = now
-            out = bytearray()
             for payload in decoder.feed(raw):
                 if payload == b"[DONE]":
                     saw_done = True
@@ -203,8 +205,10 @@ class StreamRelay(Response):
                 try:
                     chunk = orjson.loads(payload)
                 except orjson.JSONDecodeError as exc:
+                    await self._flush_output()  # what arrived before the bad chunk still goes out
                     raise UpstreamProtocolError("upstream sent a chunk that is not JSON") from exc
                 if "error" in chunk:
+                    await self._flush_output()
                     raise UpstreamProtocolError(f"upstream error mid-stream: {_error_message(chunk)}")
                 record.chunk_count += 1
                 content = None
@@ -218,6 +222,9 @@ class StreamRelay(Response):
                             record.completion_parts.append(content)
                             if record.first_token_mono is None:
                                 record.first_token_mono = now
+                                self._first_output_at = self._first_output_at or now
+                        elif self._first_output_at is None and _is_progress(delta):
+                            self._first_output_at = now
                     if choice.get("finish_reason"):
                         record.finish_reason = choice["finish_reason"]
                 usage = chunk.get("usage")
@@ -225,7 +232,7 @@ class StreamRelay(Response):
                     record.set_upstream_usage(usage)
                 encode(chunk, content, out)
             if out:
-                await self._send_body(bytes(out))
+                await self._flush_output()
             if saw_done:
                 return
         if record.finish_reason is None:
@@ -334,7 +341,7 @@ class StreamRelay(Response):
         total_at = self.record.started_mono + model.total_timeout_seconds
         while not self._stop.done():
             now = time.monotonic()
-            if self._first_data_at is None:
+            if self._first_output_at is None:
                 data_deadline = self.record.started_mono + model.first_token_timeout_seconds
                 what = "the first token"
             else:
@@ -352,7 +359,9 @@ class StreamRelay(Response):
                 return
             ping_at = self._last_sent_at + keepalive
             if now >= ping_at:
-                await self._send_body(PING)
+                held = bytes(self._held) + PING
+                self._held.clear()
+                await self._send_body(held)
                 continue
             await asyncio.sleep(min(total_at, data_deadline, ping_at) - now)
 
@@ -373,11 +382,27 @@ class StreamRelay(Response):
         await self._send({"type": "http.response.body", "body": data, "more_body": True})
         self._last_sent_at = time.monotonic()
 
+    async def _flush_output(self) -> None:
+        """Send the encoded bytes of this read, unless still holding back before the first output."""
+        if self._held and self._first_output_at is not None:
+            data = bytes(self._held)
+            self._held.clear()  # before the await: the watchdog may flush held bytes meanwhile
+            await self._send_body(data)
+
     async def _send_last(self, data: bytes) -> None:
+        """The final bytes, after anything still held back (e.g. an answer with no content)."""
         if not self._started:
             await self._send_start()
         assert self._send is not None
+        if self._held:
+            data = bytes(self._held) + data
+            self._held.clear()
         await self._send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+def _is_progress(delta: dict[str, Any]) -> bool:
+    """A delta without content that still shows the model working (tool calls, reasoning)."""
+    return bool(delta.get("tool_calls") or delta.get("reasoning_content") or delta.get("reasoning"))
 
 
 def _error_message(chunk: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
 from openai._response import AsyncAPIResponse
@@ -107,6 +108,8 @@ class UpstreamClient:
         except openai.APIStatusError as exc:
             raise _status_error(exc) from exc
         except openai.APITimeoutError as exc:
+            if _is_refused_connection(exc):
+                raise UpstreamUnavailable(f"cannot reach upstream: {_cause(exc)}") from exc
             raise UpstreamTimeout("upstream did not answer in time") from exc
         except openai.APIConnectionError as exc:
             raise UpstreamUnavailable(f"cannot reach upstream: {_cause(exc)}") from exc
@@ -117,9 +120,26 @@ class UpstreamClient:
         await self._sdk.close()
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _is_refused_connection(exc: BaseException) -> bool:
+    """The SDK's aiohttp transport reports a refused connection as a connect *time-out*
+    (it maps aiohttp's ClientConnectionError to ConnectTimeout); tell the two apart."""
+    chain = _causes(exc)
+    refused = any(isinstance(e, aiohttp.ClientConnectorError) for e in chain)
+    timed_out = any(isinstance(e, aiohttp.ServerTimeoutError | TimeoutError) for e in chain)
+    return refused and not timed_out
+
+
 def _cause(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
-    return f"{type(cause).__name__}" if cause else type(exc).__name__
+    return type(_causes(exc)[-1]).__name__
 
 
 def _upstream_message(exc: openai.APIStatusError) -> str:
