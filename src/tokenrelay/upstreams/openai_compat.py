@@ -68,9 +68,14 @@ class UpstreamStream:
 class UpstreamClient:
     """One reused SDK client (and connection pool) for one upstream base URL and key."""
 
-    def __init__(self, *, base_url: str, api_key: str | None, max_connections: int) -> None:
+    def __init__(
+        self, *, base_url: str, api_key: str | None, max_connections: int, http_backend: str = "aiohttp"
+    ) -> None:
         limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._http = openai.DefaultAioHttpClient(limits=limits)
+        if http_backend == "aiohttp":
+            self._http: httpx2.AsyncClient = openai.DefaultAioHttpClient(limits=limits)
+        else:
+            self._http = openai.DefaultAsyncHttpxClient(limits=limits)
         self._sdk = openai.AsyncOpenAI(
             base_url=base_url,
             # Local servers accept any key; the SDK insists on one being set.
