@@ -108,6 +108,7 @@ def model_table(sim_base_url: str) -> str:
     """TOML for the models the tests use, each one a behaviour of the simulator."""
     behaviours = {
         "fast": "tokens=20",
+        "paced": "tokens=20&tps=50",
         "echo": "echo=1",
         "slow": "tokens=2000&tps=50",
         "stall": "tokens=50&stall_after=3&stall_seconds=30",
@@ -291,9 +292,10 @@ class RawStream:
     writer: asyncio.StreamWriter
     received: bytes = b""
 
-    async def read_until(self, marker: bytes, timeout: float = 10.0) -> bytes:
+    async def read_until(self, marker: bytes, timeout: float = 10.0, count: int = 1) -> bytes:
+        """Read until ``marker`` has been received ``count`` times (raw bytes, HTTP chunking included)."""
         async with asyncio.timeout(timeout):
-            while marker not in self.received:
+            while self.received.count(marker) < count:
                 data = await self.reader.read(65536)
                 if not data:
                     raise AssertionError(f"connection closed before {marker!r}; got {self.received[-500:]!r}")

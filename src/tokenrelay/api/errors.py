@@ -25,9 +25,19 @@ def error_response(error: TokenRelayError) -> Response:
     )
 
 
+# pydantic appends the union member it tried to an error's location ("content.str"); those
+# are types, not fields, and must not reach the client as the parameter name.
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none", "bytes"})
+
+
+def _is_field(part: object) -> bool:
+    text = str(part)
+    return part != "body" and text not in _TYPE_TAGS and "[" not in text and "-" not in text
+
+
 def _describe(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     first = errors[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    location = [str(part) for part in first.get("loc", ()) if _is_field(part)]
     if first.get("type") == "json_invalid":
         return f"request body is not valid JSON: {first.get('ctx', {}).get('error', 'parse error')}", None
     param = ".".join(location) or None

@@ -61,19 +61,30 @@ class BodyLimitMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
+        # No declared length (chunked upload): read the body here, up to the limit, then replay it.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    # Raised inside the body read: the app's TokenRelayError handler answers 413.
-                    raise BodyTooLarge(f"request body exceeds {limit} bytes (max_body_bytes)")
-            return message
+            if message["type"] != "http.request":
+                return  # the client left before sending its body
+            size += len(message.get("body", b""))
+            if size > limit:
+                await _send_too_large(send, limit)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body_message: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-        await self.app(scope, counting_receive, send)
+        async def replay_receive() -> Message:
+            nonlocal body_message
+            if body_message is not None:
+                message, body_message = body_message, None
+                return message
+            return await receive()
+
+        await self.app(scope, replay_receive, send)
 
 
 async def _send_too_large(send: Send, limit: int) -> None:
