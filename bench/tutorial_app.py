@@ -19,7 +19,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from openai import AsyncOpenAI
 
-client = AsyncOpenAI(base_url=os.environ.get("TUTORIAL_UPSTREAM_URL", "http://127.0.0.1:8001/v1"), api_key="x")
+client = AsyncOpenAI(
+    base_url=os.environ.get("TUTORIAL_UPSTREAM_URL", "http://127.0.0.1:8001/v1"), api_key="x"
+)
 app = FastAPI()
 
 

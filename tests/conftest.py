@@ -12,6 +12,7 @@ simulator's ``/_stats`` and in the ledger, whatever else the shared server is do
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import socket
@@ -245,9 +246,14 @@ def pg_database_url() -> Iterator[str]:
         finally:
             await engine.dispose()
 
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    def run(statement: str) -> None:
+        # In a thread of its own: the fixture may be first requested from inside a running loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, admin(statement)).result()
+
+    run(f'CREATE DATABASE "{name}"')
     yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

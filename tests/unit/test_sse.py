@@ -1,0 +1,59 @@
+"""The upstream SSE decoder, whatever the network does to the bytes."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from tokenrelay.relay.sse import SSEDecoder
+
+RECORDED = (
+    b'data: {"choices":[{"delta":{"content":"caf\xc3\xa9"}}]}\n\n'
+    b": keep-alive comment\n\n"
+    b'event: message\nid: 7\ndata: {"choices":[{"delta":{"content":"\\n\\n"}}]}\n\n'
+    b'data: {"a":\ndata: 1}\n\n'
+    b"retry: 100\n\n"
+    b"data: [DONE]\n\n"
+)
+EXPECTED = [
+    b'{"choices":[{"delta":{"content":"caf\xc3\xa9"}}]}',
+    b'{"choices":[{"delta":{"content":"\\n\\n"}}]}',
+    b'{"a":\n1}',
+    b"[DONE]",
+]
+
+
+def decode_in_pieces(data: bytes, cuts: list[int]) -> list[bytes]:
+    decoder = SSEDecoder()
+    payloads: list[bytes] = []
+    previous = 0
+    for cut in [*cuts, len(data)]:
+        payloads += decoder.feed(data[previous:cut])
+        previous = cut
+    return payloads
+
+
+def test_whole_stream_at_once() -> None:
+    assert decode_in_pieces(RECORDED, []) == EXPECTED
+
+
+@pytest.mark.parametrize("line_ending", [b"\n", b"\r\n"])
+def test_split_at_every_byte_offset(line_ending: bytes) -> None:
+    data = RECORDED.replace(b"\n", line_ending)
+    for cut in range(len(data) + 1):
+        assert decode_in_pieces(data, [cut]) == EXPECTED, f"split at byte {cut}"
+
+
+def test_one_byte_at_a_time() -> None:
+    data = RECORDED.replace(b"\n", b"\r\n")
+    assert decode_in_pieces(data, list(range(1, len(data)))) == EXPECTED
+
+
+def test_data_without_space_after_colon() -> None:
+    assert SSEDecoder().feed(b"data:{}\n\n") == [b"{}"]
+
+
+def test_incomplete_event_is_kept_until_completed() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b'data: {"x": 1}\n') == []
+    assert [orjson.loads(p) for p in decoder.feed(b"\n")] == [{"x": 1}]
