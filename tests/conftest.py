@@ -125,7 +125,12 @@ def model_table(sim_base_url: str) -> str:
     }
     lines = ['default_model = "fast"', ""]
     for name, options in behaviours.items():
-        lines += [f'[models."{name}"]', f'base_url = "{sim_base_url}"', f'upstream_model = "sim?{options}"', ""]
+        lines += [
+            f'[models."{name}"]',
+            f'base_url = "{sim_base_url}"',
+            f'upstream_model = "sim?{options}"',
+            "",
+        ]
     lines += [
         '[models."first-token-timeout"]',
         f'base_url = "{sim_base_url}"',
@@ -160,7 +165,9 @@ class Gateway:
             self.process.send_signal(sig)
         return self.process.wait(timeout)
 
-    async def ledger_rows(self, request_id: str, *, timeout: float = 5.0, settle: float = 0.3) -> list[dict[str, Any]]:
+    async def ledger_rows(
+        self, request_id: str, *, timeout: float = 5.0, settle: float = 0.3
+    ) -> list[dict[str, Any]]:
         """The ledger rows of ``request_id``: read once one exists (or ``timeout`` passed), then
         read again ``settle`` seconds later, so that a duplicate written late is counted too."""
         engine = create_async_engine(self.database_url)
@@ -234,7 +241,9 @@ def pg_database_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped afterwards."""
     if not postgres_available():
         if os.environ.get("TOKENRELAY_TEST_POSTGRES") == "required":
-            pytest.fail("PostgreSQL is required (TOKENRELAY_TEST_POSTGRES=required) but 127.0.0.1:5432 is down")
+            pytest.fail(
+                "PostgreSQL is required (TOKENRELAY_TEST_POSTGRES=required) but 127.0.0.1:5432 is down"
+            )
         pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
     name = f"tokenrelay_test_{uuid.uuid4().hex[:8]}"
 

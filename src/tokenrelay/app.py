@@ -95,7 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-class _drain_on_signals:  # noqa: N801 - used like a contextlib helper
+class _drain_on_signals:
     """Start draining when the server is told to stop, before it waits for our streams.
 
     uvicorn installs its SIGTERM/SIGINT handlers before the lifespan starts and only waits for

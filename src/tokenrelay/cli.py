@@ -33,7 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=False,
         timeout_keep_alive=30,
         # Streams end by themselves after drain_seconds; this is only the last resort.
-        timeout_graceful_shutdown=settings.drain_seconds + 10,
+        timeout_graceful_shutdown=int(settings.drain_seconds) + 10,
     )
     return 0
 

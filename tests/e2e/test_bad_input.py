@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 import orjson
 import pytest
@@ -27,8 +29,12 @@ OK_MESSAGES = [{"role": "user", "content": "hi"}]
         ("/chat", orjson.dumps({"model": "no-such-model", "messages": OK_MESSAGES}), 404, "model"),
         ("/v1/chat/completions", orjson.dumps({"messages": OK_MESSAGES}), 400, "model"),
         ("/v1/chat/completions", orjson.dumps({"model": "fast", "messages": OK_MESSAGES, "n": 2}), 400, "n"),
-        ("/v1/chat/completions", orjson.dumps({"model": "fast", "messages": OK_MESSAGES, "stream": "yes"}), 400,
-         "stream"),
+        (
+            "/v1/chat/completions",
+            orjson.dumps({"model": "fast", "messages": OK_MESSAGES, "stream": "yes"}),
+            400,
+            "stream",
+        ),
         ("/v1/chat/completions", orjson.dumps({"model": "nope", "messages": OK_MESSAGES}), 404, "model"),
     ],
 )
@@ -38,7 +44,9 @@ async def test_bad_request_is_refused_cleanly(
     rid = new_request_id()
     async with httpx.AsyncClient(timeout=10) as client:
         response = await client.post(
-            f"{gateway.url}{path}", content=body, headers={"X-Request-ID": rid, "Content-Type": "application/json"}
+            f"{gateway.url}{path}",
+            content=body,
+            headers={"X-Request-ID": rid, "Content-Type": "application/json"},
         )
     assert response.status_code == status
     error = response.json()["error"]
@@ -60,7 +68,7 @@ async def test_body_over_the_limit_is_413(gateway: Gateway, sim: Sim) -> None:
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "request_too_large"
 
-        async def chunked() -> object:
+        async def chunked() -> AsyncIterator[bytes]:
             for _ in range(20):
                 yield b" " * 65536
             yield huge

@@ -53,7 +53,9 @@ async def test_client_disconnect_closes_upstream_within_100ms(
     upstream = await sim.wait_ended(rid, timeout=5)
     assert upstream["end"] == "client_closed", "the upstream call must be aborted, not left to finish"
     abort_seconds = upstream["ended_at"] - closed_at
-    assert abort_seconds < ABORT_BUDGET_SECONDS, f"upstream closed {abort_seconds * 1000:.1f} ms after the client"
+    assert abort_seconds < ABORT_BUDGET_SECONDS, (
+        f"upstream closed {abort_seconds * 1000:.1f} ms after the client"
+    )
 
     rows = await gateway.ledger_rows(rid)
     assert len(rows) == 1

@@ -9,7 +9,9 @@ import pytest
 from tests.conftest import Gateway, Sim, new_request_id, parse_events
 
 
-async def post_chat(gateway: Gateway, model: str, rid: str, path: str = "/chat", **extra: object) -> httpx.Response:
+async def post_chat(
+    gateway: Gateway, model: str, rid: str, path: str = "/chat", **extra: object
+) -> httpx.Response:
     async with httpx.AsyncClient(timeout=15) as client:
         return await client.post(
             f"{gateway.url}{path}",
@@ -101,7 +103,11 @@ async def test_openai_sdk_sees_its_own_error_classes(gateway: Gateway) -> None:
     assert bad_gateway.value.status_code == 502
     with pytest.raises(openai.NotFoundError):
         await client.chat.completions.create(model="no-such-model", messages=messages)  # type: ignore[arg-type]
-    stream = await client.chat.completions.create(model="drop", messages=messages, stream=True)  # type: ignore[arg-type]
+    stream = await client.chat.completions.create(
+        model="drop",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+    )
     with pytest.raises(openai.APIError):
         async for _chunk in stream:
             pass

@@ -89,15 +89,16 @@ async def test_estimated_usage_is_counted_with_the_tokenizer_offline(gateway: Ga
     )
 
 
-async def test_disconnect_storm_leaves_no_connection_idle_in_transaction(pg_gateway: Gateway, sim: Sim) -> None:
+async def test_disconnect_storm_leaves_no_connection_idle_in_transaction(pg_gateway: Gateway) -> None:
     """Many streams, half the clients leaving at random points: one row each, no idle-in-transaction."""
     rng = random.Random(7)
     rids = [new_request_id() for _ in range(60)]
 
     async def one(rid: str) -> str:
         leave = rng.choice(["stay", "early", "mid"])
-        body = orjson.dumps({"model": "slow" if leave != "stay" else "fast",
-                             "messages": [{"role": "user", "content": "x"}]})
+        body = orjson.dumps(
+            {"model": "slow" if leave != "stay" else "fast", "messages": [{"role": "user", "content": "x"}]}
+        )
         stream = await open_raw_stream(pg_gateway.url, "/chat", body, rid)
         if leave == "stay":
             await stream.read_until(b'"type":"done"')

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tokenrelay.ledger.writer import LedgerWriter
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncEngine:
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
     else:
@@ -28,7 +29,7 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncEngine:
     await prepare_schema(engine, migrate_if_empty=True)
     async with engine.begin() as connection:
         await connection.execute(text("DELETE FROM usage_record"))
-    yield engine  # type: ignore[misc]
+    yield engine
     await engine.dispose()
 
 
@@ -66,7 +67,9 @@ async def make_writer(engine: AsyncEngine, **overrides: float) -> LedgerWriter:
 
 async def count(engine: AsyncEngine, where: str = "1=1") -> int:
     async with engine.connect() as connection:
-        return int((await connection.execute(text(f"SELECT count(*) FROM usage_record WHERE {where}"))).scalar_one())
+        return int(
+            (await connection.execute(text(f"SELECT count(*) FROM usage_record WHERE {where}"))).scalar_one()
+        )
 
 
 async def test_close_writes_everything_submitted_in_batches(engine: AsyncEngine) -> None:
@@ -106,7 +109,9 @@ async def test_cancelled_writer_still_commits_the_batch_in_flight(engine: AsyncE
     if engine.dialect.name == "postgresql":
         async with engine.connect() as connection:
             stuck = await connection.execute(
-                text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                     "AND state = 'idle in transaction' AND pid <> pg_backend_pid()")
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND state = 'idle in transaction' AND pid <> pg_backend_pid()"
+                )
             )
             assert stuck.scalar_one() == 0

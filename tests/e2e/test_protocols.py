@@ -9,7 +9,10 @@ import pytest
 
 from tests.conftest import Gateway, Sim, new_request_id, parse_events
 
-TRICKY_TEXT = 'Line one\nline "two" with \\backslash\\ and \ttab\r\nünïcödé — 日本語 🚀👩‍👩‍👧 </script>\n\ndata: fake\n\n'
+TRICKY_TEXT = (
+    'Line one\nline "two" with \\backslash\\ and \ttab\r\n'
+    "ünïcödé — 日本語 🚀👩‍👩‍👧 </script>\n\ndata: fake\n\n"
+)
 
 
 async def test_chat_events_round_trip_text_exactly(gateway: Gateway) -> None:
@@ -40,7 +43,9 @@ async def test_chat_events_round_trip_text_exactly(gateway: Gateway) -> None:
 
 async def test_chat_uses_the_default_model_when_none_is_given(gateway: Gateway) -> None:
     async with httpx.AsyncClient(timeout=10) as client:
-        response = await client.post(f"{gateway.url}/chat", json={"messages": [{"role": "user", "content": "hi"}]})
+        response = await client.post(
+            f"{gateway.url}/chat", json={"messages": [{"role": "user", "content": "hi"}]}
+        )
     events = parse_events(response.content)
     assert [e["type"] for e in events[-2:]] == ["usage", "done"]
     assert len([e for e in events if e["type"] == "delta"]) == 20  # the "fast" model: 20 tokens

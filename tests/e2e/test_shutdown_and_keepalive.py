@@ -16,7 +16,9 @@ def body(model: str) -> bytes:
     return orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
 
 
-async def test_sigterm_drains_then_ends_remaining_streams_with_shutdown_error(start_gateway: Any, sim: Sim) -> None:
+async def test_sigterm_drains_then_ends_remaining_streams_with_shutdown_error(
+    start_gateway: Any, sim: Sim
+) -> None:
     gw: Gateway = start_gateway(env={"TOKENRELAY_DRAIN_SECONDS": "1.0"})
     endless_rid, short_rid, late_rid = new_request_id(), new_request_id(), new_request_id()
     endless = await open_raw_stream(gw.url, "/chat", body("slow"), endless_rid)
@@ -30,7 +32,8 @@ async def test_sigterm_drains_then_ends_remaining_streams_with_shutdown_error(st
     reader, writer = await asyncio.open_connection(host_port[0], int(host_port[1]))
     writer.write(
         f"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(late_body)}\r\nX-Request-ID: {late_rid}\r\n\r\n".encode() + late_body[:5]
+        f"Content-Length: {len(late_body)}\r\nX-Request-ID: {late_rid}\r\n\r\n".encode()
+        + late_body[:5]
     )
     await writer.drain()
     await asyncio.sleep(0.2)
@@ -60,7 +63,9 @@ async def test_sigterm_drains_then_ends_remaining_streams_with_shutdown_error(st
     assert upstream["end"] == "client_closed"
     assert sim.stats()["active"] == 0 or (await sim.wait_ended(short_rid))["end"] == "completed"
 
-    statuses = {rid: [r["status"] for r in await gw.ledger_rows(rid, timeout=1)] for rid in (endless_rid, short_rid)}
+    statuses = {
+        rid: [r["status"] for r in await gw.ledger_rows(rid, timeout=1)] for rid in (endless_rid, short_rid)
+    }
     assert statuses == {endless_rid: ["shutdown"], short_rid: ["completed"]}
     assert await gw.ledger_rows(late_rid, timeout=0.2) == []
 

@@ -42,7 +42,13 @@ def test_chat_events_are_numbered_and_typed() -> None:
     assert bytes(out).startswith(b'id: 1\ndata: {"type":"delta","text":"Hel"}\n\nid: 2\n')
     assert end.startswith(b"id: 3\n")
     assert events(end) == [
-        {"type": "usage", "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5, "source": "upstream"},
+        {
+            "type": "usage",
+            "prompt_tokens": 3,
+            "completion_tokens": 2,
+            "total_tokens": 5,
+            "source": "upstream",
+        },
         {"type": "done", "finish_reason": "stop"},
     ]
     assert events(protocol.encode_error(StreamShutdown("bye"))) == [
@@ -53,7 +59,9 @@ def test_chat_events_are_numbered_and_typed() -> None:
 def test_openai_chunks_rename_model_and_hide_unrequested_usage() -> None:
     protocol = OpenAIChunks(public_model="public", include_usage=False)
     out = bytearray()
-    protocol.encode_chunk({"model": "upstream", "choices": [{"delta": {"content": "x"}}], "usage": None}, "x", out)
+    protocol.encode_chunk(
+        {"model": "upstream", "choices": [{"delta": {"content": "x"}}], "usage": None}, "x", out
+    )
     protocol.encode_chunk({"model": "upstream", "choices": [], "usage": {"prompt_tokens": 1}}, None, out)
     assert events(bytes(out)) == [{"model": "public", "choices": [{"delta": {"content": "x"}}]}]
     assert protocol.encode_end(record()) == b"data: [DONE]\n\n"
@@ -71,7 +79,14 @@ def test_openai_chunks_pass_requested_usage_once() -> None:
 def test_openai_error_chunk_is_openai_shaped() -> None:
     protocol = OpenAIChunks(public_model="p", include_usage=False)
     assert events(protocol.encode_error(UpstreamRateLimited("slow down", retry_after="3"))) == [
-        {"error": {"message": "slow down", "type": "rate_limit_error", "param": None, "code": "upstream_rate_limited"}}
+        {
+            "error": {
+                "message": "slow down",
+                "type": "rate_limit_error",
+                "param": None,
+                "code": "upstream_rate_limited",
+            }
+        }
     ]
 
 
@@ -79,7 +94,9 @@ def test_non_streamed_completion_folds_chunks_and_tool_calls() -> None:
     protocol = OpenAICompletion(public_model="p")
     out = bytearray()
     call = {"index": 0, "id": "call_1", "function": {"name": "get_", "arguments": '{"a"'}}
-    protocol.encode_chunk({"id": "c1", "created": 5, "choices": [{"delta": {"role": "assistant"}}]}, None, out)
+    protocol.encode_chunk(
+        {"id": "c1", "created": 5, "choices": [{"delta": {"role": "assistant"}}]}, None, out
+    )
     protocol.encode_chunk({"choices": [{"delta": {"tool_calls": [call]}}]}, None, out)
     more = {"index": 0, "function": {"name": "weather", "arguments": ": 1}"}}
     protocol.encode_chunk({"choices": [{"delta": {"tool_calls": [more]}}]}, None, out)

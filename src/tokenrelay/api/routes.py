@@ -13,9 +13,9 @@ from starlette.responses import JSONResponse, Response
 from tokenrelay.api.schemas import ChatCompletionRequest, ChatRequest
 from tokenrelay.errors import ModelNotFound, ServiceUnavailable
 from tokenrelay.ledger.db import is_reachable
+from tokenrelay.ledger.record import StreamRecord
 from tokenrelay.relay.lifecycle import RelayRuntime, StreamRelay
 from tokenrelay.relay.protocols import ChatEvents, OpenAIChunks, OpenAICompletion, WireProtocol
-from tokenrelay.ledger.record import StreamRecord
 
 router = APIRouter()
 

@@ -25,8 +25,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tokenrelay.ledger.models import UsageRecord
-from tokenrelay.ledger.tokens import TokenCounter
 from tokenrelay.ledger.record import StreamRecord
+from tokenrelay.ledger.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,9 @@ def to_row(record: StreamRecord) -> dict[str, Any]:
 
 def insert_ignoring_duplicates(dialect: str) -> Insert:
     """``INSERT ... ON CONFLICT (stream_id) DO NOTHING`` for SQLite and PostgreSQL."""
-    module = postgresql if dialect == "postgresql" else sqlite
-    return module.insert(UsageRecord).on_conflict_do_nothing(index_elements=["stream_id"])
+    if dialect == "postgresql":
+        return postgresql.insert(UsageRecord).on_conflict_do_nothing(index_elements=["stream_id"])
+    return sqlite.insert(UsageRecord).on_conflict_do_nothing(index_elements=["stream_id"])
 
 
 class LedgerWriter:
@@ -148,11 +149,15 @@ class LedgerWriter:
         finally:
             self._batch_task = None
 
+    def _estimate_all(self, records: list[StreamRecord]) -> None:
+        for record in records:
+            self._counter.estimate(record)
+
     async def _write(self, batch: list[StreamRecord]) -> None:
         try:
             unestimated = [record for record in batch if record.usage_source is None]
             if unestimated:
-                await asyncio.to_thread(lambda: [self._counter.estimate(r) for r in unestimated])
+                await asyncio.to_thread(self._estimate_all, unestimated)
             for record in batch:
                 self._on_finished(record)
             if self._sessions is None:

@@ -1,7 +1,7 @@
 """The stream lifecycle: admit, open upstream, forward, finish."""
 
-from tokenrelay.relay.lifecycle import DrainCoordinator, RelayRuntime, StreamRelay
 from tokenrelay.ledger.record import DisconnectPhase, StreamRecord, StreamStatus, UsageSource
+from tokenrelay.relay.lifecycle import DrainCoordinator, RelayRuntime, StreamRelay
 
 __all__ = [
     "DisconnectPhase",

@@ -38,10 +38,10 @@ from tokenrelay.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from tokenrelay.ledger.record import DisconnectPhase, StreamRecord, StreamStatus
 from tokenrelay.ledger.tokens import TokenCounter
 from tokenrelay.ledger.writer import LedgerWriter
 from tokenrelay.relay.protocols import PING, WireProtocol
-from tokenrelay.ledger.record import DisconnectPhase, StreamRecord, StreamStatus
 from tokenrelay.relay.sse import SSEDecoder
 from tokenrelay.upstreams.openai_compat import UpstreamClient, UpstreamStream
 
@@ -142,7 +142,7 @@ class StreamRelay(Response):
 
     # -- the lifecycle, top to bottom ------------------------------------------------------
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: ARG002
         self._send = send
         self._runtime.drain.register(self)
         watchers = (

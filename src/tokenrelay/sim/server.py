@@ -37,10 +37,11 @@ from urllib.parse import parse_qsl
 import orjson
 from starlette.types import Receive, Scope, Send
 
-FILLER = (
+_FILLER_TEXT = (
     "tokens stream from the simulated upstream through tokenrelay so that every chunk can be seen "
     "as it is generated and nothing waits for the end of the answer"
-).split()
+)
+FILLER = _FILLER_TEXT.split()
 
 _BATCH_EVENTS = 64  # events per write when sending as fast as possible
 
@@ -296,7 +297,10 @@ async def _stream(
             stats.end = "dropped"
             raise _Dropped
         if index == options.error_after:
-            batch += b'data: {"error":{"message":"simulated mid-stream failure","type":"server_error","code":null}}\n\n'
+            batch += (
+                b'data: {"error":{"message":"simulated mid-stream failure",'
+                b'"type":"server_error","code":null}}\n\n'
+            )
             await write(bytes(batch))
             stats.end = "error_event"
             await send({"type": "http.response.body", "body": b""})

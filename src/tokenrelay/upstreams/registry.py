@@ -10,7 +10,11 @@ class Upstreams:
     """Creates clients on first use and closes them all at shutdown."""
 
     def __init__(
-        self, *, max_connections: int, http_backend: str = "aiohttp", url_overrides: dict[str, str] | None = None
+        self,
+        *,
+        max_connections: int,
+        http_backend: str = "aiohttp",
+        url_overrides: dict[str, str] | None = None,
     ) -> None:
         self._max_connections = max_connections
         self._http_backend = http_backend
