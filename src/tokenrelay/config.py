@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,6 +28,8 @@ OPENAI_PRESET_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1")
 
 class ModelConfig(BaseModel):
     """One public model name and the upstream that serves it."""
+
+    model_config = ConfigDict(extra="forbid")
 
     base_url: str = Field(description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
     upstream_model: str | None = Field(
@@ -52,6 +54,8 @@ class ModelConfig(BaseModel):
 
 class LedgerSettings(BaseModel):
     """Where and how usage rows are written."""
+
+    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     database_url: str = "sqlite+aiosqlite:///tokenrelay.db"
