@@ -56,9 +56,10 @@ def main(argv: list[str]) -> int:
     elif command == "test":
         args = [str(BIN / "python"), "-m", "pytest", *rest]
     elif command == "lint":
+        paths = [p for p in ("src", "tests", "bench", "dev.py") if (ROOT / p).exists()]
         for args in (
-            [str(BIN / "ruff"), "check", "src", "tests", "bench", "dev.py"],
-            [str(BIN / "ruff"), "format", "--check", "src", "tests", "bench", "dev.py"],
+            [str(BIN / "ruff"), "check", *paths],
+            [str(BIN / "ruff"), "format", "--check", *paths],
             [str(BIN / "mypy")],
         ):
             code = subprocess.run(args, cwd=ROOT, env=env).returncode
