@@ -72,6 +72,8 @@ def create_app(settings: Settings) -> FastAPI:
                 max_connections=settings.upstream_max_connections, url_overrides=url_overrides
             )
             stack.push_async_callback(upstreams.aclose)
+            for model in settings.models.values():
+                upstreams.client_for(model).warm_up()
 
             drain = DrainCoordinator(settings.drain_seconds)
             stack.callback(drain.close)

@@ -69,7 +69,12 @@ async def prepare_schema(engine: AsyncEngine, *, migrate_if_empty: bool) -> None
         return
     if current is None and migrate_if_empty:
         url = engine.url.render_as_string(hide_password=False)
-        await asyncio.to_thread(upgrade_to_head, url)
+        try:
+            await asyncio.to_thread(upgrade_to_head, url)
+        except Exception:
+            # Several workers starting on one empty DB race to migrate it; the loser finds it done.
+            if (await schema_revision(engine))[0] != head:
+                raise
         return
     raise RuntimeError(
         f"ledger schema is at revision {current}, this tokenrelay needs {head}: run `tokenrelay migrate`"

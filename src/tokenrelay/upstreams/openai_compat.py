@@ -84,6 +84,10 @@ class UpstreamClient:
             http_client=self._http,
         )
 
+    def warm_up(self) -> None:
+        """Import the SDK's lazily loaded request path now, not during the first user's request."""
+        _ = self._sdk.chat.completions.with_streaming_response
+
     async def open_stream(
         self, *, body: dict[str, Any], upstream_model: str, config: ModelConfig, request_id: str
     ) -> UpstreamStream:
