@@ -1,0 +1,98 @@
+"""The upstream stream is closed on every exit path; logs carry outcomes, never content."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import Gateway, Sim, new_request_id, open_raw_stream
+
+
+async def test_no_upstream_stream_is_left_open_on_any_exit_path(gateway: Gateway, sim: Sim) -> None:
+    ends: dict[str, str] = {}
+    async with httpx.AsyncClient(timeout=15) as client:
+        for model in ("fast", "drop", "idle-timeout", "midstream-error", "error500"):
+            rid = new_request_id()
+            await client.post(
+                f"{gateway.url}/chat",
+                json={"model": model, "messages": [{"role": "user", "content": "x"}]},
+                headers={"X-Request-ID": rid},
+            )
+            ends[model] = (await sim.wait_ended(rid))["end"]
+    rid = new_request_id()
+    stream = await open_raw_stream(
+        gateway.url,
+        "/chat",
+        orjson.dumps({"model": "stall", "messages": [{"role": "user", "content": "x"}]}),
+        rid,
+    )
+    await stream.read_until(b'"type":"delta"')
+    stream.close()
+    ends["disconnect"] = (await sim.wait_ended(rid))["end"]
+
+    assert ends == {
+        "fast": "completed",
+        "drop": "dropped",
+        "idle-timeout": "client_closed",  # the gateway gave up and closed it
+        "midstream-error": "error_event",
+        "error500": "error_status",
+        "disconnect": "client_closed",
+    }
+    for _ in range(100):
+        if sim.stats()["active"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert sim.stats()["active"] == 0, "no upstream stream may stay open"
+
+
+async def test_logs_never_contain_message_content(gateway: Gateway) -> None:
+    secret = "SECRET-PROMPT-7f3a9c"
+    rid = new_request_id()
+    async with httpx.AsyncClient(timeout=15) as client:
+        for model in ("echo", "drop", "error500"):
+            await client.post(
+                f"{gateway.url}/chat",
+                json={"model": model, "messages": [{"role": "user", "content": secret}]},
+                headers={"X-Request-ID": rid},
+            )
+    rows = await gateway.ledger_rows(rid)
+    assert len(rows) == 3  # one request id reused by a client: still one row per stream
+    log = gateway.log_text()
+    assert rid in log
+    assert secret not in log
+    assert log.count(f'"request_id":"{rid}"') >= 3
+
+
+def test_migrate_command_creates_the_schema(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    db = tmp_path / "ledger.db"
+    config.write_text(f'[ledger]\ndatabase_url = "sqlite+aiosqlite:///{db}"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "tokenrelay", "migrate", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    import sqlite3
+
+    with sqlite3.connect(db) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert {"usage_record", "alembic_version"} <= tables
+    assert version == ("0001",)
+
+
+@pytest.mark.parametrize("args", [["serve", "--config", "/no/such/file.toml"], ["bogus"]])
+def test_cli_refuses_bad_invocations(args: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tokenrelay", *args], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
