@@ -117,6 +117,7 @@ def model_table(sim_base_url: str) -> str:
         "headers-slow": "headers_delay=30",
         "ratelimit": "status=429&retry_after=7",
         "error500": "status=500",
+        "rejected": "status=400",
         "drop": "tokens=50&drop_after=5&tps=200",
         "drop-first": "tokens=50&drop_after=0",
         "midstream-error": "tokens=50&error_after=5",

@@ -8,6 +8,7 @@ code (used in an ``error`` event once streaming began)::
     │   ├── BodyTooLarge                 413  request_too_large
     │   └── ModelNotFound                404  model_not_found
     ├── ServiceUnavailable               503  shutting_down
+    │   └── StreamShutdown               503  shutdown                (drain period over)
     └── UpstreamError                    502  upstream_error
         ├── UpstreamRateLimited          429  upstream_rate_limited   (Retry-After passed on)
         ├── UpstreamRejected             4xx  upstream_rejected       (the upstream's own 400/404/413/422)

@@ -25,6 +25,7 @@ async def post_chat(
     [
         ("ratelimit", 429, "upstream_rate_limited", "upstream_error"),
         ("error500", 502, "upstream_unavailable", "upstream_error"),
+        ("rejected", 400, "upstream_rejected", "upstream_error"),
         ("refused", 502, "upstream_unavailable", "upstream_error"),
         ("drop-first", 502, "upstream_protocol_error", "upstream_error"),
         ("first-token-timeout", 504, "upstream_timeout", "timeout"),

@@ -151,9 +151,8 @@ class SimulatedUpstream:
         self.state.requests.append(stats)
         self.state.active += 1
         answer = _answer(request.get("messages", []), options)
-        generate = _stream if stream else _complete
         include_usage = bool((request.get("stream_options") or {}).get("include_usage")) and options.usage
-        task = asyncio.ensure_future(generate(send, request, answer, options, stats, include_usage))
+        task = asyncio.ensure_future(_respond(send, request, answer, options, stats, include_usage))
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
         try:
             done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -242,7 +241,7 @@ async def _error_status(send: Send, options: SimOptions, stats: RequestStats) ->
     )
 
 
-async def _stream(
+async def _respond(
     send: Send,
     request: dict[str, Any],
     answer: list[str],
@@ -254,7 +253,20 @@ async def _stream(
         await asyncio.sleep(options.headers_delay)
     if options.status:
         await _error_status(send, options, stats)
-        return
+    elif stats.stream:
+        await _stream(send, request, answer, options, stats, include_usage)
+    else:
+        await _complete(send, request, answer, options, stats)
+
+
+async def _stream(
+    send: Send,
+    request: dict[str, Any],
+    answer: list[str],
+    options: SimOptions,
+    stats: RequestStats,
+    include_usage: bool,
+) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -339,18 +351,8 @@ def _usage(request: dict[str, Any], completion_tokens: int) -> dict[str, int]:
 
 
 async def _complete(
-    send: Send,
-    request: dict[str, Any],
-    answer: list[str],
-    options: SimOptions,
-    stats: RequestStats,
-    include_usage: bool,  # noqa: ARG001 - same signature as _stream
+    send: Send, request: dict[str, Any], answer: list[str], options: SimOptions, stats: RequestStats
 ) -> None:
-    if options.headers_delay:
-        await asyncio.sleep(options.headers_delay)
-    if options.status:
-        await _error_status(send, options, stats)
-        return
     if options.ttft:
         await asyncio.sleep(options.ttft)
     stats.chunks_sent = len(answer)
