@@ -21,6 +21,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -47,13 +48,17 @@ clock = time.monotonic
 
 # Simulator behaviours, by the public model name the gateways know them under.
 MODELS = {
-    "pace1": "tokens=6&tps=200",  # 1 stream: TTFT + 5 gaps of 5 ms per request
-    "pace200": "tokens=20&tps=50",  # 200 streams: 10,000 chunks/s in total, gaps of 20 ms
+    "pace1": "tokens=4&tps=200",  # 1 stream: TTFT + 3 gaps of 5 ms per request
+    "pace200": "tokens=100&tps=50",  # 200 streams of 2 s: 100 new streams/s, 10,000 chunks/s in total
+    "pace200l": "tokens=60&tps=20",  # lighter: 200 streams of 3 s, 67 new streams/s, 4,000 chunks/s
     "tput": "tokens=20000",  # as fast as possible (the simulator writes 64 events at a time)
+    "short": "tokens=1",  # stream set-up and tear-down cost
     "idle": "tokens=50&stall_after=1&stall_seconds=60",  # one delta, then silence
     "ab-headers": "headers_delay=30",
     "ab-first": "stall_after=0&stall_seconds=30&tokens=50",
-    "ab-active": "tokens=100000&tps=100",
+    # Not tokens=100000: the simulator builds the whole answer list up front, which blocks its
+    # event loop ~10 ms per request and shows up as abort latency of the *previous* sample.
+    "ab-active": "tokens=2000&tps=100",
     "ab-stall": "tokens=50&stall_after=3&stall_seconds=30",
 }
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -77,14 +82,27 @@ class Profile:
     mem_targets: tuple[str, ...]
     abort_samples: int
     abort_targets: tuple[str, ...]
+    c200_targets: tuple[str, ...] = ("direct", "gw-aiohttp", "gw-aiohttp-chat", "tutorial")
+    c200_light_targets: tuple[str, ...] = ("direct", "gw-aiohttp")
+    tput_targets: tuple[str, ...] = (
+        "direct",
+        "gw-aiohttp",
+        "gw-aiohttp-chat",
+        "gw-httpx",
+        "gw-httpx-chat",
+        "gw-ledger",
+        "gw-ledger-chat",
+    )
+    setup_concurrency: int = 32
+    tutorial_everything: bool = True
 
 
 FULL = Profile(
     name="full",
     c1_requests=300,
-    c200_seconds=8.0,
+    c200_seconds=10.0,
     tput_warmup=1.0,
-    tput_seconds=5.0,
+    tput_seconds=4.0,
     tput_concurrency=(4, 32),
     mem_streams=1000,
     mem_targets=("direct", "gw-aiohttp", "gw-httpx", "tutorial"),
@@ -93,15 +111,18 @@ FULL = Profile(
 )
 QUICK = Profile(
     name="quick",
-    c1_requests=60,
-    c200_seconds=2.5,
-    tput_warmup=0.5,
-    tput_seconds=1.5,
-    tput_concurrency=(4, 32),
+    c1_requests=30,
+    c200_seconds=3.5,
+    tput_warmup=0.3,
+    tput_seconds=1.0,
+    tput_concurrency=(32,),
     mem_streams=1000,
     mem_targets=("direct", "gw-aiohttp"),
     abort_samples=15,
     abort_targets=("direct", "gw-aiohttp"),
+    c200_targets=("direct", "gw-aiohttp", "tutorial"),
+    c200_light_targets=(),
+    tput_targets=("direct", "gw-aiohttp", "gw-aiohttp-chat", "gw-httpx", "gw-ledger"),
 )
 
 
@@ -132,6 +153,19 @@ def free_port() -> int:
 def cpu_seconds(proc: psutil.Process) -> float:
     t = proc.cpu_times()
     return float(t.user + t.system)
+
+
+async def wait_quiet(proc: psutil.Process, within: float = 15.0) -> tuple[float, float]:
+    """Wait until ``proc`` uses < 5 % CPU over 0.2 s; returns (CPU-seconds used meanwhile, wall seconds)."""
+    t0, c0 = clock(), cpu_seconds(proc)
+    last = c0
+    while clock() - t0 < within:
+        await asyncio.sleep(0.2)
+        now = cpu_seconds(proc)
+        if now - last < 0.01:
+            break
+        last = now
+    return cpu_seconds(proc) - c0, clock() - t0
 
 
 def verdict(ok: bool | None) -> str:
@@ -261,9 +295,12 @@ class Conn(asyncio.Protocol):
         """Close the socket now (FIN); returns the monotonic time just before."""
         t = clock()
         if self.transport is not None and not self.lost:
-            sock = self.transport.get_extra_info("socket")
-            with contextlib.suppress(OSError, AttributeError):
-                sock.shutdown(socket.SHUT_RDWR)
+            # uvloop's transport socket has no shutdown(); a duplicate descriptor shuts the socket
+            # down at once, before the transport's own close runs on a later loop iteration.
+            with contextlib.suppress(OSError, AttributeError, ValueError):
+                fd = self.transport.get_extra_info("socket").fileno()
+                with socket.socket(fileno=os.dup(fd)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
             self.transport.close()
         return t
 
@@ -426,13 +463,28 @@ class SimControl:
         async with self.session.post(f"{self.base}/_stats/reset", timeout=aiohttp.ClientTimeout(total=10)):
             pass
 
-    async def wait_idle(self, within: float) -> bool:
+    async def wait_seen(self, request_id: str, what: str, within: float) -> bool:
+        """Wait until the simulator's record of ``request_id`` has ``what`` set."""
         deadline = clock() + within
         while clock() < deadline:
-            if (await self.stats())["active"] == 0:
-                return True
-            await asyncio.sleep(0.05)
+            for entry in (await self.stats())["requests"]:
+                if entry["request_id"] == request_id and entry[what] is not None:
+                    return True
+            await asyncio.sleep(0.002)
         return False
+
+    async def wait_ended(self, within: float) -> bool:
+        """True once every request the simulator saw since the last reset has ended.
+
+        (Not ``active == 0``: the tutorial app leaks upstream requests that never end.)
+        """
+        deadline = clock() + within
+        while True:
+            if all(e["ended_at"] is not None for e in (await self.stats())["requests"]):
+                return True
+            if clock() > deadline:
+                return False
+            await asyncio.sleep(0.05)
 
 
 # -- measurements -----------------------------------------------------------------------------------
@@ -446,6 +498,11 @@ class Latency:
     gaps: list[float] = field(default_factory=list)
     requests: int = 0
     errors: int = 0
+    # Steady-state window of the concurrent run: chunks delivered and CPU of the process under test.
+    window: float = 0.0
+    events: int = 0
+    target_cpu: float = 0.0
+    sim_cpu: float = 0.0
 
 
 async def ttft_sequential(targets: list[Target], n: int) -> dict[str, Latency]:
@@ -481,14 +538,17 @@ async def ttft_sequential(targets: list[Target], n: int) -> dict[str, Latency]:
     return out
 
 
-async def ttft_concurrent(target: Target, concurrency: int, seconds: float) -> Latency:
+async def ttft_concurrent(
+    target: Target, sim: psutil.Process, concurrency: int, seconds: float, key: str = "pace200"
+) -> Latency:
     """``concurrency`` keep-alive connections looping the paced model for ``seconds``."""
     counter = [0]
     result = Latency(target.label, concurrency)
-    n_content = int(MODELS["pace200"].split("tokens=")[1].split("&")[0])
+    n_content = int(MODELS[key].split("tokens=")[1].split("&")[0])
     stop = asyncio.Event()
     conns: list[Conn] = []
-    request_seconds = n_content / 50  # spread the first requests over one request's duration
+    request_seconds = n_content / float(MODELS[key].split("tps=")[1])  # one request's duration
+    # The first requests are spread over one request's duration, then the window is measured.
 
     async def worker(w: int) -> None:
         await asyncio.sleep(request_seconds * w / concurrency)
@@ -505,24 +565,29 @@ async def ttft_concurrent(target: Target, concurrency: int, seconds: float) -> L
                 conns.append(conn)
             i += 1
             done = conn.begin(
-                target.request("pace200", f"c200-{target.label}-{w}-{i}"), target.first_content, n_content
+                target.request(key, f"c200-{key}-{target.label}-{w}-{i}"), target.first_content, n_content
             )
             try:
-                ok = await asyncio.wait_for(done, 10)
+                ok = await asyncio.wait_for(done, 10 + request_seconds)
             except TimeoutError:
                 ok = False
                 conn.close()
             result.requests += 1
-            if ok and conn.ttft is not None:
+            # Requests cut at the end of the run still count up to where they got.
+            if conn.ttft is not None:
                 result.ttft.append(conn.ttft)
                 result.gaps.extend(conn.gaps)
-            else:
+            if not ok and not stop.is_set():
                 result.errors += 1
 
     tasks = [asyncio.ensure_future(worker(w)) for w in range(concurrency)]
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(request_seconds)  # all workers started
+    t0, e0, c0, s0 = clock(), counter[0], cpu_seconds(target.proc), cpu_seconds(sim)
+    await asyncio.sleep(max(seconds - request_seconds, 0.5))
+    result.window, result.events = clock() - t0, counter[0] - e0
+    result.target_cpu, result.sim_cpu = cpu_seconds(target.proc) - c0, cpu_seconds(sim) - s0
     stop.set()
-    await asyncio.wait(tasks, timeout=15)
+    await asyncio.wait(tasks, timeout=request_seconds + 2)  # let running requests finish
     for conn in conns:
         conn.close()
     for task in tasks:
@@ -542,10 +607,22 @@ class Throughput:
     load_cpu: float
     errors: int
     requests: int
+    completed: int = 0  # streams completed inside the window
+    key: str = "tput"
+    after_cpu: float = 0.0  # CPU-seconds the process used after the window (streams we aborted)
+    after_seconds: float = 0.0
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds
+
+    @property
+    def streams_per_s(self) -> float:
+        return self.completed / self.seconds
+
+    @property
+    def cpu_ms_per_stream(self) -> float:
+        return 1000 * self.target_cpu / self.completed if self.completed else math.nan
 
     @property
     def per_cpu_s(self) -> float:
@@ -553,12 +630,13 @@ class Throughput:
 
 
 async def throughput(
-    target: Target, sim: psutil.Process, concurrency: int, warmup: float, seconds: float
+    target: Target, sim: psutil.Process, concurrency: int, warmup: float, seconds: float, key: str = "tput"
 ) -> Throughput:
+    """``concurrency`` keep-alive connections looping requests to ``key``; counted over a window."""
     counter = [0]
     stop = asyncio.Event()
     conns: list[Conn] = []
-    stats = {"errors": 0, "requests": 0}
+    stats = {"errors": 0, "requests": 0, "completed": 0}
     me = psutil.Process()
 
     async def worker(w: int) -> None:
@@ -575,16 +653,18 @@ async def throughput(
                 conns.append(conn)
             i += 1
             stats["requests"] += 1
-            ok = await conn.begin(target.request("tput", f"tp-{target.label}-{concurrency}-{w}-{i}"))
-            if not ok and not stop.is_set():
+            ok = await conn.begin(target.request(key, f"tp-{key}-{target.label}-{concurrency}-{w}-{i}"))
+            if ok:
+                stats["completed"] += 1
+            elif not stop.is_set():
                 stats["errors"] += 1
 
     tasks = [asyncio.ensure_future(worker(w)) for w in range(concurrency)]
     await asyncio.sleep(warmup)
-    t0, e0 = clock(), counter[0]
+    t0, e0, n0 = clock(), counter[0], stats["completed"]
     c0 = (cpu_seconds(target.proc), cpu_seconds(sim), cpu_seconds(me))
     await asyncio.sleep(seconds)
-    t1, e1 = clock(), counter[0]
+    t1, e1, n1 = clock(), counter[0], stats["completed"]
     c1 = (cpu_seconds(target.proc), cpu_seconds(sim), cpu_seconds(me))
     stop.set()
     for conn in conns:
@@ -593,6 +673,8 @@ async def throughput(
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    _, after_seconds = await wait_quiet(target.proc)
+    after_cpu = cpu_seconds(target.proc) - c1[0]  # from the end of the window until quiet
     return Throughput(
         target=target.label,
         concurrency=concurrency,
@@ -603,6 +685,10 @@ async def throughput(
         load_cpu=c1[2] - c0[2],
         errors=stats["errors"],
         requests=stats["requests"],
+        completed=n1 - n0,
+        key=key,
+        after_cpu=after_cpu,
+        after_seconds=after_seconds,
     )
 
 
@@ -617,10 +703,16 @@ class Memory:
     sim_rss_delta: int
     open_seconds: float
     closed_clean: bool
+    opened2: int = 0
+    rss_open2: int = 0
 
     @property
     def kib_per_stream(self) -> float:
         return (self.rss_open - self.rss_before) / 1024 / max(self.opened, 1)
+
+    @property
+    def kib_per_stream_warm(self) -> float:
+        return (self.rss_open2 - self.rss_after) / 1024 / max(self.opened2, 1)
 
 
 async def open_idle_streams(target: Target, n: int, tag: str, batch: int = 100) -> tuple[list[Conn], int]:
@@ -644,13 +736,15 @@ async def open_idle_streams(target: Target, n: int, tag: str, batch: int = 100) 
     return conns, ok
 
 
-async def memory(target: Target, sim_proc: psutil.Process, control: SimControl, n: int) -> Memory:
+async def memory(
+    target: Target, sim_proc: psutil.Process, control: SimControl, n: int, end_wait: float
+) -> Memory:
     # Warm-up: a few streams opened and closed, so lazily built things exist before "before".
     warm, _ = await open_idle_streams(target, 50, f"{target.label}-warm")
     await asyncio.sleep(0.2)
     for conn in warm:
         conn.close()
-    await control.wait_idle(10)
+    await control.wait_ended(end_wait)
     await asyncio.sleep(1.0)
     rss_before = target.proc.memory_info().rss
     sim_before = sim_proc.memory_info().rss
@@ -662,9 +756,16 @@ async def memory(target: Target, sim_proc: psutil.Process, control: SimControl, 
     sim_open = sim_proc.memory_info().rss
     for conn in conns:
         conn.close()
-    closed_clean = await control.wait_idle(15)
+    closed_clean = await control.wait_ended(end_wait)
     await asyncio.sleep(1.0)
     rss_after = target.proc.memory_info().rss
+    # Second round on the grown heap: what the same streams cost once freed blocks are reused.
+    conns, opened2 = await open_idle_streams(target, n, f"{target.label}-2")
+    await asyncio.sleep(1.0)
+    rss_open2 = target.proc.memory_info().rss
+    for conn in conns:
+        conn.close()
+    closed_clean = await control.wait_ended(end_wait) and closed_clean
     return Memory(
         target=target.label,
         streams=n,
@@ -675,6 +776,8 @@ async def memory(target: Target, sim_proc: psutil.Process, control: SimControl, 
         sim_rss_delta=sim_open - sim_before,
         open_seconds=open_seconds,
         closed_clean=closed_clean,
+        opened2=opened2,
+        rss_open2=rss_open2,
     )
 
 
@@ -690,6 +793,7 @@ ABORT_PHASES = {
 class Abort:
     target: str
     phase: str
+    concurrency: int
     latencies: list[float] = field(default_factory=list)
     not_ended: int = 0  # the upstream request was still open when we stopped looking
     invalid: int = 0  # the client never reached the state the phase needs
@@ -699,7 +803,7 @@ async def abort_latency(
     target: Target, control: SimControl, phase: str, samples: int, concurrency: int, wait_end: float
 ) -> Abort:
     key = ABORT_PHASES[phase]
-    result = Abort(target.label, phase)
+    result = Abort(target.label, phase, concurrency)
     closed: dict[str, float] = {}
     await control.reset()
     counter = [0]
@@ -714,16 +818,18 @@ async def abort_latency(
             return
         conn.begin(target.request(key, rid))
         if key in ("ab-headers", "ab-first"):
-            await asyncio.sleep(0.1)  # nothing reaches the client through the gateway yet
-            ok = not conn.lost
+            # Through the gateway nothing reaches the client yet: ask the simulator instead.
+            seen = "started_at" if key == "ab-headers" else "headers_sent_at"
+            ok = await control.wait_seen(rid, seen, 3.0)
+            await asyncio.sleep(0.02)
+            ok = ok and not conn.lost
         else:
-            content = 5 if key == "ab-active" else 3
-            try:
-                ok = await asyncio.wait_for(conn.wait_events(target.first_content + content - 1), 5)
+            try:  # three content deltas: at 100/s for "active", then the stall for "stalled"
+                ok = await asyncio.wait_for(conn.wait_events(target.first_content + 2), 5)
             except TimeoutError:
                 ok = False
             if key == "ab-stall":
-                await asyncio.sleep(0.05)  # now the upstream is silent
+                await asyncio.sleep(0.03)  # now the upstream is silent
         if ok:
             closed[rid] = conn.close()
         else:
@@ -817,7 +923,9 @@ class Results:
     transports: dict[str, str] = field(default_factory=dict)
     c1: dict[str, Latency] = field(default_factory=dict)
     c200: dict[str, Latency] = field(default_factory=dict)
+    c200l: dict[str, Latency] = field(default_factory=dict)
     tput: list[Throughput] = field(default_factory=list)
+    setup: list[Throughput] = field(default_factory=list)
     mem: list[Memory] = field(default_factory=list)
     aborts: list[Abort] = field(default_factory=list)
     ledger_rows: int | None = None
@@ -835,75 +943,107 @@ async def measure(targets: dict[str, Target], sim: Child, probe_port: int, resul
     sim_proc = sim.proc
     async with aiohttp.ClientSession() as session:
         control = SimControl(session, sim.port)
-        gateways = {
-            k: v
-            for k, v in targets.items()
-            if k.startswith("gw-") and k.endswith(("aiohttp", "httpx", "ledger"))
-        }
+        gateways = {k: targets[k] for k in ("gw-aiohttp", "gw-httpx", "gw-ledger") if k in targets}
         results.transports = await probe_transports(gateways, probe_port)
         log(f"upstream transports in use: {results.transports}")
 
-        c1_targets = [
-            targets[k] for k in ("direct", "gw-aiohttp", "gw-aiohttp-chat", "tutorial") if k in targets
-        ]
+        async def settle(label: str, what: str) -> None:
+            """Wait for the simulator to see every request of the last step end."""
+            if label != "tutorial":
+                if not await control.wait_ended(10):
+                    results.notes.append(f"{what}: upstream requests still open 10 s later")
+                return
+            await control.wait_ended(2)
+            leaked = sum(1 for e in (await control.stats())["requests"] if e["ended_at"] is None)
+            if leaked:
+                results.notes.append(
+                    f"{what}: {leaked} upstream requests abandoned by the tutorial app were still open "
+                    "2 s after its clients left (it does not close the SDK stream when it stops)"
+                )
+
+        async def tput(label: str, concurrency: int, key: str) -> None:
+            await control.reset()
+            run = await throughput(targets[label], sim_proc, concurrency, p.tput_warmup, p.tput_seconds, key)
+            (results.tput if key == "tput" else results.setup).append(run)
+            log(
+                f"{key}: {label} x{concurrency}: {run.rate:,.0f} chunks/s, "
+                f"{run.per_cpu_s:,.0f} chunks/CPU-s, {run.streams_per_s:,.0f} streams/s"
+            )
+            await settle(label, f"{key} {label} x{concurrency}")
+
+        async def mem(label: str) -> None:
+            await control.reset()
+            end_wait = 2.0 if label == "tutorial" else 15.0
+            m = await memory(targets[label], sim_proc, control, p.mem_streams, end_wait)
+            results.mem.append(m)
+            log(
+                f"memory: {label}: {m.kib_per_stream:.1f} KiB/stream, warm heap {m.kib_per_stream_warm:.1f} "
+                f"({m.opened}/{m.streams} with a delta)"
+            )
+            if label == "tutorial":
+                await settle(label, "memory tutorial")
+
+        async def aborts(label: str, concurrency: int = 1) -> None:
+            for phase in ABORT_PHASES:
+                wait_end = 2.0 if label == "tutorial" else 3.0
+                a = await abort_latency(
+                    targets[label], control, phase, p.abort_samples, concurrency, wait_end
+                )
+                results.aborts.append(a)
+                log(
+                    f"abort: {label} x{concurrency}, {phase}: p50 {ms(pct(a.latencies, 0.5))} ms "
+                    f"p99 {ms(pct(a.latencies, 0.99))} ms n={len(a.latencies)} "
+                    f"not-ended={a.not_ended} invalid={a.invalid}"
+                )
+
+        # 3. Memory first, on fresh processes (after the other tests the heap holds freed blocks
+        # that new allocations reuse, which would hide part of the per-stream cost).
+        for label in p.mem_targets:
+            if label != "tutorial":
+                await mem(label)
+
+        # 1. Latency (the tutorial completes these streams normally, so it can run alongside).
+        c1_targets = [targets[k] for k in ("direct", "gw-aiohttp", "gw-aiohttp-chat", "tutorial")]
         log(f"TTFT, 1 stream: {p.c1_requests} requests x {len(c1_targets)} targets")
         await control.reset()
         results.c1 = await ttft_sequential(c1_targets, p.c1_requests)
-        for label in [t.label for t in c1_targets]:
+        for label in p.c200_targets:
             await control.reset()
-            log(f"TTFT, 200 streams: {label}")
-            results.c200[label] = await ttft_concurrent(targets[label], 200, p.c200_seconds)
-            await control.wait_idle(10)
+            lat = await ttft_concurrent(targets[label], sim_proc, 200, p.c200_seconds)
+            results.c200[label] = lat
+            log(f"TTFT, 200 streams: {label}: p50 {ms(pct(lat.ttft, 0.5))} ms")
+            await control.wait_ended(5)
+        for label in p.c200_light_targets:
+            await control.reset()
+            lat = await ttft_concurrent(targets[label], sim_proc, 200, p.c200_seconds, "pace200l")
+            results.c200l[label] = lat
+            log(f"TTFT, 200 lighter streams: {label}: p50 {ms(pct(lat.ttft, 0.5))} ms")
+            await control.wait_ended(5)
 
-        tput_labels = [
-            "direct",
-            "gw-aiohttp",
-            "gw-aiohttp-chat",
-            "gw-httpx",
-            "gw-httpx-chat",
-            "gw-ledger",
-            "gw-ledger-chat",
-            "tutorial",
-        ]
-        for label in tput_labels:
-            if label not in targets:
-                continue
+        # 2 and 4 for everything but the tutorial app: it leaks every upstream request its client
+        # abandons (they never end), so it goes last.
+        for label in p.tput_targets:
             for concurrency in p.tput_concurrency:
-                await control.reset()
-                log(f"throughput: {label} x{concurrency}")
-                run = await throughput(targets[label], sim_proc, concurrency, p.tput_warmup, p.tput_seconds)
-                results.tput.append(run)
-                log(f"  {run.rate:,.0f} chunks/s, {run.per_cpu_s:,.0f} chunks per CPU-s")
-                if not await control.wait_idle(10):
-                    results.notes.append(
-                        f"throughput {label} x{concurrency}: upstream streams still open 10 s later"
-                    )
-
-        for label in p.mem_targets:
-            if label not in targets:
-                continue
-            await control.reset()
-            log(f"memory: {p.mem_streams} idle streams via {label}")
-            m = await memory(targets[label], sim_proc, control, p.mem_streams)
-            results.mem.append(m)
-            log(f"  {m.kib_per_stream:.1f} KiB/stream ({m.opened}/{m.streams} opened)")
-
+                await tput(label, concurrency, "tput")
+        for label in ("direct", "gw-aiohttp", "gw-ledger"):
+            await tput(label, p.setup_concurrency, "short")
         for label in p.abort_targets:
-            if label not in targets:
-                continue
-            for phase in ABORT_PHASES:
-                log(f"abort: {label}, {phase}")
-                wait_end = 3.0 if label != "tutorial" else 2.0
-                a = await abort_latency(targets[label], control, phase, p.abort_samples, 5, wait_end)
-                results.aborts.append(a)
-                log(
-                    f"  p50 {ms(pct(a.latencies, 0.5))} ms p99 {ms(pct(a.latencies, 0.99))} ms "
-                    f"n={len(a.latencies)} not-ended={a.not_ended} invalid={a.invalid}"
-                )
-            await control.wait_idle(3)
+            if label != "tutorial":
+                await aborts(label)
+        if "gw-aiohttp" in p.abort_targets:
+            await aborts("gw-aiohttp", 5)  # while other streams are being set up
+
+        if p.tutorial_everything:
+            for concurrency in p.tput_concurrency:
+                await tput("tutorial", concurrency, "tput")
+            await tput("tutorial", p.setup_concurrency, "short")
+            if "tutorial" in p.mem_targets:
+                await mem("tutorial")
+            if "tutorial" in p.abort_targets:
+                await aborts("tutorial")
 
 
-def run(profile: Profile, output: Path) -> Results:
+def run(profile: Profile, output: Path, keep_logs: bool = False) -> Results:
     results = Results(profile=profile)
     results.started = time.time()
     nofile = raise_nofile()
@@ -995,6 +1135,8 @@ def run(profile: Profile, output: Path) -> Results:
     if ledger_db.exists():
         with contextlib.closing(sqlite3.connect(ledger_db)) as db:
             results.ledger_rows = db.execute("select count(*) from usage_record").fetchone()[0]
+    if not keep_logs:
+        shutil.rmtree(workdir, ignore_errors=True)  # on failure the logs stay for a look
     results.finished = time.time()
     output.write_text(render(results))
     log(f"wrote {output} ({results.finished - results.started:.0f} s)")
@@ -1011,7 +1153,7 @@ def machine() -> list[tuple[str, str]]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
+    nproc = subprocess.run(["nproc", "--all"], capture_output=True, text=True, check=False).stdout.strip()
     versions = []
     for package in (
         "uvicorn",
@@ -1031,7 +1173,11 @@ def machine() -> list[tuple[str, str]]:
     ).stdout.strip()
     return [
         ("CPU", cpu),
-        ("nproc", nproc or str(os.cpu_count())),
+        (
+            "nproc",
+            f"{nproc or os.cpu_count()} (gateway pinned to core {GATEWAY_CORE}, "
+            f"simulator + load to core {LOAD_CORE})",
+        ),
         ("Memory", f"{psutil.virtual_memory().total / 2**30:.1f} GiB"),
         ("Kernel", f"{platform.system()} {platform.release()}"),
         ("Python", platform.python_version()),
@@ -1071,6 +1217,64 @@ def describe(label: str, transports: dict[str, str]) -> str:
     return text
 
 
+def observe(r: Results) -> list[str]:
+    """Derived facts worth a sentence, computed from this run's numbers."""
+    found: list[str] = []
+    paced = r.c200.get("gw-aiohttp")
+    batched = [t for t in r.tput if t.target == "gw-aiohttp"]
+    if paced and paced.events and batched:
+        best = max(batched, key=lambda t: t.per_cpu_s)
+        found.append(
+            f"Per-chunk gateway CPU depends on how many events each upstream read carries: "
+            f"{1e6 * paced.target_cpu / paced.events:.0f} µs per chunk with 200 paced streams "
+            f"(about one event per read; the gateway at {100 * paced.target_cpu / paced.window:.0f} % "
+            f"of its core for {paced.events / paced.window:,.0f} chunks/s) against "
+            f"{1e6 / best.per_cpu_s:.1f} µs per chunk when the simulator batches 64 events per write "
+            f"({best.concurrency} streams). Real upstreams send tokens a few at a time, so the paced "
+            "figure is the one that sizes a deployment."
+        )
+    setup = {t.target: t for t in r.setup}
+    if "gw-aiohttp" in setup and "direct" in setup:
+        gw, direct = setup["gw-aiohttp"], setup["direct"]
+        found.append(
+            f"Each stream costs the gateway {gw.cpu_ms_per_stream:.2f} ms of CPU to set up and tear down "
+            f"(the simulator: {direct.cpu_ms_per_stream:.2f} ms), capping it near "
+            f"{1000 / gw.cpu_ms_per_stream:,.0f} new streams/s per core before any chunk is relayed."
+        )
+    if "gw-ledger" in setup and "gw-aiohttp" in setup:
+        extra = setup["gw-ledger"].cpu_ms_per_stream - setup["gw-aiohttp"].cpu_ms_per_stream
+        found.append(
+            f"CPU per stream with the SQLite ledger minus without: {extra:+.2f} ms (separate processes; "
+            "compare with the spread of the A/A pair below when there is one)."
+        )
+    if r.transports.get("gw-httpx") == "aiohttp":
+        pairs = [
+            (a.rate, b.rate)
+            for a in r.tput
+            for b in r.tput
+            if a.concurrency == b.concurrency
+            and (a.target, b.target) in (("gw-aiohttp", "gw-httpx"), ("gw-aiohttp-chat", "gw-httpx-chat"))
+        ]
+        if pairs:
+            spread = max(abs(x - y) / min(x, y) for x, y in pairs)
+            found.append(
+                "The *httpx* gateway runs the same code and transport as the aiohttp one (see the "
+                "transport check), so its throughput rows are an A/A control: they differ by up to "
+                f"{100 * spread:.0f} %, which bounds what differences between gateway rows in this "
+                "run can mean."
+            )
+    after = [t for t in r.tput if t.target.startswith("gw-") and t.after_cpu > 0.2]
+    if after:
+        worst = max(after, key=lambda t: t.after_cpu)
+        found.append(
+            f"When the client closed {worst.concurrency} saturating streams at the end of a throughput "
+            f"window, the gateway ({describe(worst.target, r.transports)}) stayed busy for "
+            f"{worst.after_seconds:.1f} s ({worst.after_cpu:.2f} CPU-s) although nobody was listening any "
+            "more: under saturation it notices departed clients late and goes on relaying."
+        )
+    return found
+
+
 def render(r: Results) -> str:
     p = r.profile
     out: list[str] = ["# Benchmarks", ""]
@@ -1089,7 +1293,8 @@ def render(r: Results) -> str:
 
     # Headline verdicts.
     summary: list[list[str]] = []
-    for conc, data in ((1, r.c1), (200, r.c200)):
+    loads = (("1 stream", r.c1), ("200 streams at 50 tok/s", r.c200), ("200 streams at 20 tok/s", r.c200l))
+    for conc, data in loads:
         direct = data.get("direct")
         for label in ("gw-aiohttp", "gw-aiohttp-chat"):
             lat = data.get(label)
@@ -1098,7 +1303,7 @@ def render(r: Results) -> str:
             added = pct(lat.ttft, 0.5) - pct(direct.ttft, 0.5)
             summary.append(
                 [
-                    f"TTFT added at p50, {conc} stream{'s' if conc > 1 else ''}, {LABELS[label]}",
+                    f"TTFT added at p50, {conc}, {LABELS[label]}",
                     f"≤ {TARGET_TTFT_ADDED_MS:g} ms",
                     f"{added * 1000:+.3f} ms",
                     verdict(added * 1000 <= TARGET_TTFT_ADDED_MS),
@@ -1115,6 +1320,19 @@ def render(r: Results) -> str:
                     + (" (stretch met)" if run.rate >= STRETCH_CHUNKS_S else ""),
                 ]
             )
+    paced = r.c200.get("gw-aiohttp")
+    if paced and paced.target_cpu:
+        per_cpu_s = paced.events / paced.target_cpu
+        summary.append(
+            [
+                "Same, but one event per upstream read (200 paced streams at 50 tok/s), gateway "
+                f"`/v1/chat/completions`: chunks per gateway CPU-second (gateway at "
+                f"{100 * paced.target_cpu / paced.window:.0f} % of its core)",
+                f"≥ {TARGET_CHUNKS_S:,} chunks/s",
+                f"{per_cpu_s:,.0f} chunks per CPU-s",
+                verdict(per_cpu_s >= TARGET_CHUNKS_S) + " (not the issue's test; see Observations)",
+            ]
+        )
     for m in r.mem:
         if m.target.startswith("gw-"):
             summary.append(
@@ -1125,8 +1343,8 @@ def render(r: Results) -> str:
                     verdict(m.opened == m.streams and m.kib_per_stream <= TARGET_KIB_PER_STREAM),
                 ]
             )
-    for label in ("gw-aiohttp", "gw-httpx"):
-        rows = [a for a in r.aborts if a.target == label]
+    for label, concurrency in (("gw-aiohttp", 1), ("gw-httpx", 1), ("gw-aiohttp", 5)):
+        rows = [a for a in r.aborts if a.target == label and a.concurrency == concurrency]
         if not rows:
             continue
         worst = max(rows, key=lambda a: pct(a.latencies, 0.99) if a.latencies else math.inf)
@@ -1136,7 +1354,8 @@ def render(r: Results) -> str:
         )
         summary.append(
             [
-                f"Abort latency p99, every phase, {describe(label, r.transports)}",
+                f"Abort latency p99, every phase, {describe(label, r.transports)}, "
+                + ("sequential" if concurrency == 1 else f"{concurrency} at a time"),
                 f"≤ {TARGET_ABORT_P99_MS:g} ms",
                 f"worst {ms(pct(worst.latencies, 0.99))} ms ({worst.phase})",
                 verdict(all_ok),
@@ -1167,12 +1386,14 @@ def render(r: Results) -> str:
         f"TTFT = from writing the request to receiving the first content delta; gaps = between consecutive "
         f"content deltas. Keep-alive connections. 1 stream: `sim?{MODELS['pace1']}`, {p.c1_requests} "
         f"sequential requests per target, the targets interleaved request by request. 200 streams: "
-        f"`sim?{MODELS['pace200']}` (10,000 chunks/s in total), 200 connections looping for "
-        f"{p.c200_seconds:g} s each. Times in ms; *added* = gateway minus direct at the same percentile.",
+        f"`sim?{MODELS['pace200']}` (10,000 chunks/s and 100 new streams/s in total) and, lighter, "
+        f"`sim?{MODELS['pace200l']}` (4,000 chunks/s, 67 new streams/s); 200 connections looping for "
+        f"{p.c200_seconds:g} s per target, their first requests spread over one stream's duration. "
+        "Times in ms; *added* = gateway minus direct at the same percentile.",
         "",
     ]
     rows = []
-    for conc, data in ((1, r.c1), (200, r.c200)):
+    for conc, data in loads:
         direct = data.get("direct")
         for label, lat in data.items():
             d50 = pct(direct.ttft, 0.5) if direct else math.nan
@@ -1190,11 +1411,13 @@ def render(r: Results) -> str:
                     ms(pct(lat.gaps, 0.99), 3),
                     f"{len(lat.ttft):,}",
                     str(lat.errors),
+                    f"{100 * lat.target_cpu / lat.window:.0f} %" if lat.window else "",
+                    f"{lat.events / lat.target_cpu:,.0f}" if lat.window and lat.target_cpu else "",
                 ]
             )
     out += table(
         [
-            "Streams",
+            "Load",
             "Target",
             "TTFT p50",
             "TTFT p99",
@@ -1203,10 +1426,19 @@ def render(r: Results) -> str:
             "Gap p99",
             "Samples",
             "Errors",
+            "CPU of process",
+            "Chunks per CPU-s",
         ],
         rows,
     )
-    out += [""]
+    out += [
+        "",
+        "*CPU of process* (200 streams only): CPU use of the process under test (the simulator for the "
+        "direct row) in the steady part of the run, as a share of its one core; at 100 % it is the "
+        "bottleneck and latency is queueing. Paced upstream writes arrive one event per read, the "
+        "opposite of the batched throughput test below.",
+        "",
+    ]
 
     # 2. Throughput.
     out += ["## 2. Throughput", ""]
@@ -1215,7 +1447,9 @@ def render(r: Results) -> str:
         f"connections loop requests; events (`\\n\\n`) counted at the client over {p.tput_seconds:g} s after "
         f"{p.tput_warmup:g} s of warm-up. *CPU-s* = user+system CPU of the process under test over the "
         "window (for the direct row: the simulator). Core 1 carries both the simulator and the load "
-        "generator, so *sim + load* near 100 % means core 1, not the gateway, limited the row.",
+        "generator, so *sim + load* near 100 % means core 1, not the gateway, limited the row. "
+        "At the end of the window the client closes its streams mid-answer; *CPU after the window* is "
+        "what the process under test then spent before going quiet (the next row waits for that).",
         "",
     ]
     direct_rates = {t.concurrency: t.rate for t in r.tput if t.target == "direct"}
@@ -1232,6 +1466,7 @@ def render(r: Results) -> str:
                 f"{100 * run.target_cpu / run.seconds:.0f} %",
                 f"{run.per_cpu_s:,.0f}",
                 f"{100 * run.sim_cpu / run.seconds:.0f} % + {100 * run.load_cpu / run.seconds:.0f} %",
+                f"{run.after_cpu:.2f} s in {run.after_seconds:.1f} s",
                 str(run.errors),
             ]
         )
@@ -1244,6 +1479,7 @@ def render(r: Results) -> str:
             "CPU of process",
             "Chunks per CPU-s",
             "Sim + load CPU (core 1)",
+            "CPU after the window",
             "Errors",
         ],
         rows,
@@ -1251,15 +1487,52 @@ def render(r: Results) -> str:
     if r.ledger_rows is not None:
         out += ["", f"The ledger-enabled gateway wrote {r.ledger_rows:,} rows to SQLite during the run."]
     out += [""]
+    out += ["### Stream set-up rate", ""]
+    out += [
+        f"`sim?{MODELS['short']}` (one content chunk per stream), {p.setup_concurrency} keep-alive "
+        f"connections looping requests for {p.tput_seconds:g} s: what each stream costs to open, relay, "
+        "close and account, independent of its length.",
+        "",
+    ]
+    direct_setup = next((t.streams_per_s for t in r.setup if t.target == "direct"), None)
+    rows = [
+        [
+            describe(run.target, r.transports),
+            f"{run.streams_per_s:,.0f}",
+            f"{run.streams_per_s / direct_setup:.2f}" if direct_setup and run.target != "direct" else "",
+            f"{100 * run.target_cpu / run.seconds:.0f} %",
+            f"{run.cpu_ms_per_stream:.2f}",
+            f"{100 * run.sim_cpu / run.seconds:.0f} % + {100 * run.load_cpu / run.seconds:.0f} %",
+            str(run.errors),
+        ]
+        for run in r.setup
+    ]
+    out += table(
+        [
+            "Target",
+            "Streams/s",
+            "x direct",
+            "CPU of process",
+            "CPU ms per stream",
+            "Sim + load CPU",
+            "Errors",
+        ],
+        rows,
+    )
+    out += [""]
 
     # 3. Memory.
     out += ["## 3. Resident memory per idle open stream", ""]
     out += [
-        f"`sim?{MODELS['idle']}` through `/v1/chat/completions`. RSS (psutil) of the process under "
-        f"test after a warm-up of 50 streams (opened, closed), then with {p.mem_streams:,} streams "
+        f"`sim?{MODELS['idle']}` through `/v1/chat/completions`, measured first, on fresh processes "
+        "(the tutorial app's row last: it leaks the upstream requests of abandoned streams). RSS (psutil) "
+        "of the process under test after a warm-up of 50 streams (opened, closed), then with "
+        f"{p.mem_streams:,} streams "
         "open, each having received its first delta. For the direct row the process is the "
         "simulator itself (its cost per stream, for scale). *After close*: RSS 1 s after all "
-        "streams were closed.",
+        "streams were closed. *2nd round*: the same again on the grown heap (RSS with the streams "
+        "open minus RSS after close): a lower bound, since freed blocks are reused. *Sim KiB per "
+        "stream*: the simulator's growth during the first round.",
         "",
     ]
     rows = [
@@ -1270,6 +1543,7 @@ def render(r: Results) -> str:
             f"{m.rss_open / 2**20:.1f}",
             f"**{m.kib_per_stream:.1f}**",
             f"{m.rss_after / 2**20:.1f}",
+            f"{m.kib_per_stream_warm:.1f}",
             f"{m.sim_rss_delta / 1024 / max(m.opened, 1):.1f}",
             f"{m.open_seconds:.1f}",
             "yes" if m.closed_clean else "**no**",
@@ -1284,6 +1558,7 @@ def render(r: Results) -> str:
             "RSS open (MiB)",
             "KiB per stream",
             "RSS after close (MiB)",
+            "KiB per stream, 2nd round",
             "Sim KiB per stream",
             "Open time (s)",
             "Upstream all closed",
@@ -1296,7 +1571,12 @@ def render(r: Results) -> str:
     out += ["## 4. Abort latency", ""]
     out += [
         "The client shuts its socket down (FIN) at *t*; latency = the simulator's `ended_at` for that "
-        f"request id - *t* (both `time.monotonic()`). {p.abort_samples} samples per phase, 5 at a time. "
+        f"request id - *t* (both `time.monotonic()`). {p.abort_samples} samples per phase, one at a time "
+        "(*Conc.* 1) and, for the default gateway, 5 at a time (each new stream costs the gateway "
+        "milliseconds of CPU, which delays the handling of another stream's disconnect). The client "
+        "closes 20 ms after the simulator has the request (*headers*) or has sent its headers (*before "
+        "first token*), after 3 content deltas at 100/s (*active*), or 30 ms into the stall after 3 "
+        "deltas (*stalled*). "
         "Through the gateway this is: gateway notices the client left → cancels the upstream request → "
         "simulator notices. The direct row is the simulator noticing a client of its own (the floor). "
         "*Not ended*: the upstream request was still open when we stopped waiting "
@@ -1308,6 +1588,7 @@ def render(r: Results) -> str:
         rows.append(
             [
                 describe(a.target, r.transports),
+                str(a.concurrency),
                 a.phase,
                 ms(pct(a.latencies, 0.5), 3),
                 ms(pct(a.latencies, 0.99), 3),
@@ -1318,10 +1599,14 @@ def render(r: Results) -> str:
             ]
         )
     out += table(
-        ["Target", "Phase", "p50 (ms)", "p99 (ms)", "max (ms)", "Samples", "Not ended", "Invalid"], rows
+        ["Target", "Conc.", "Phase", "p50 (ms)", "p99 (ms)", "max (ms)", "Samples", "Not ended", "Invalid"],
+        rows,
     )
     out += [""]
 
+    observations = observe(r)
+    if observations:
+        out += ["## Observations", ""] + [f"- {o}" for o in observations] + [""]
     if r.notes:
         out += ["## Notes from the run", ""] + [f"- {n}" for n in r.notes] + [""]
 
@@ -1348,11 +1633,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small samples, about a minute")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md", help="report path")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs and ledger DB")
     args = parser.parse_args(argv)
     if (os.cpu_count() or 1) < 2:
         print("needs at least 2 cores (gateway on core 0, simulator and load on core 1)", file=sys.stderr)
         return 2
-    run(QUICK if args.quick else FULL, args.output)
+    run(QUICK if args.quick else FULL, args.output, args.keep_logs)
     return 0
 
 
