@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -123,6 +124,8 @@ def model_table(sim_base_url: str) -> str:
         "midstream-error": "tokens=50&error_after=5",
         "nousage": "tokens=20&usage=0",
         "nousage-echo": "echo=1&usage=0",
+        # A row the database refuses: upstream_model is longer than its 200-character column.
+        "toolong": "tokens=3&pad=" + "x" * 250,
     }
     lines = ['default_model = "fast"', ""]
     for name, options in behaviours.items():
@@ -201,6 +204,7 @@ def _launch_gateway(
         **os.environ,
         "TOKENRELAY_LEDGER__DATABASE_URL": database_url,
         "TOKENRELAY_LEDGER__BATCH_MAX_SECONDS": "0.05",
+        "TOKENRELAY_LEDGER__SPOOL_DIR": str(tmp / f"spool-{port}"),
         **(env or {}),
     }
     with log_path.open("wb") as log_file:
@@ -354,3 +358,95 @@ def parse_events(raw: bytes) -> list[dict[str, Any]]:
         if data and data[0] != b"[DONE]":
             events.append(orjson.loads(b"\n".join(data)))
     return events
+
+
+class TcpProxy:
+    """A loopback TCP proxy a test can cut (refuse and drop every connection) and restore.
+
+    It stands between the gateway and PostgreSQL to make a database outage without stopping the
+    shared server. It runs its own event loop in a thread, so it keeps forwarding while a test
+    blocks.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+        self._transports: set[asyncio.Transport] = set()
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    def start(self) -> TcpProxy:
+        self._thread.start()
+        self.restore()
+        return self
+
+    def restore(self) -> None:
+        self._call(self._listen())
+
+    def cut(self) -> None:
+        self._call(self._cut())
+
+    def close(self) -> None:
+        self._call(self._shutdown())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    async def _listen(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def _shutdown(self) -> None:
+        await self._cut()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for transport in list(self._transports):
+            transport.abort()
+        self._transports.clear()
+
+    async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        pair = (client_writer.transport, upstream_writer.transport)
+        self._transports.update(pair)  # type: ignore[arg-type]
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except OSError:
+                pass
+            finally:
+                writer.transport.abort()
+
+        await asyncio.gather(pipe(client_reader, upstream_writer), pipe(upstream_reader, client_writer))
+        self._transports.difference_update(pair)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def pg_proxy() -> Iterator[TcpProxy]:
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+    proxy = TcpProxy(5432).start()
+    yield proxy
+    proxy.close()
+
+
+def via_proxy(database_url: str, proxy: TcpProxy) -> str:
+    """The same database URL, reached through the proxy."""
+    return database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")

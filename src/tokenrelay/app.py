@@ -17,13 +17,14 @@ from types import FrameType
 from typing import Any
 
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from tokenrelay.api.errors import install_error_handlers
 from tokenrelay.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from tokenrelay.api.routes import router
 from tokenrelay.config import BUILTIN_SIM_URL, Settings, load_settings
-from tokenrelay.ledger.db import create_engine, prepare_schema
+from tokenrelay.ledger.db import create_engine
+from tokenrelay.ledger.spool import Spool
+from tokenrelay.ledger.store import LedgerStore
 from tokenrelay.ledger.tokens import TokenCounter
 from tokenrelay.ledger.writer import LedgerWriter
 from tokenrelay.observability.logging import configure_logging, log_stream_end
@@ -52,14 +53,16 @@ def create_app(settings: Settings) -> FastAPI:
             counter = TokenCounter()
             await counter.load(m.tokenizer_encoding for m in settings.models.values())
 
-            engine = None
+            engine, store = None, None
             if settings.ledger.enabled:
                 engine = create_engine(settings.ledger)
                 stack.push_async_callback(engine.dispose)
-                await prepare_schema(engine, migrate_if_empty=settings.ledger.migrate_on_start)
+                spool = Spool(settings.ledger.spool_dir, min_free_bytes=settings.ledger.spool_min_free_bytes)
+                store = LedgerStore(engine=engine, spool=spool, settings=settings.ledger)
+                await store.start()
+                stack.push_async_callback(store.close)
             writer = LedgerWriter(
-                sessions=async_sessionmaker(engine, expire_on_commit=False) if engine is not None else None,
-                dialect=engine.dialect.name if engine is not None else "sqlite",
+                store=store,
                 counter=counter,
                 batch_max_rows=settings.ledger.batch_max_rows,
                 batch_max_seconds=settings.ledger.batch_max_seconds,
@@ -84,6 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.runtime = RelayRuntime(settings=settings, ledger=writer, counter=counter, drain=drain)
             app.state.upstreams = upstreams
             app.state.engine = engine
+            app.state.ledger_store = store
             log.info(
                 "tokenrelay ready", extra={"models": list(settings.models), "default": settings.default_model}
             )

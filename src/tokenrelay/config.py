@@ -65,7 +65,19 @@ class LedgerSettings(BaseModel):
     batch_max_rows: int = Field(default=200, ge=1)
     batch_max_seconds: float = Field(default=0.1, gt=0)
     pool_size: int = Field(default=5, ge=1)
+    pool_timeout_seconds: float = Field(default=5.0, gt=0)
     pool_pre_ping: bool = True
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    write_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="A batch insert slower than this is an outage"
+    )
+    spool_dir: Path = Field(
+        default=Path("tokenrelay-spool"), description="Where rows wait while the DB is away"
+    )
+    spool_min_free_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    retry_initial_seconds: float = Field(default=0.5, gt=0)
+    retry_max_seconds: float = Field(default=30.0, gt=0)
+    shutdown_flush_seconds: float = Field(default=5.0, ge=0)
 
 
 class Settings(BaseSettings):

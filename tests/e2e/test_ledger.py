@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import httpx
 import orjson
@@ -89,43 +90,103 @@ async def test_estimated_usage_is_counted_with_the_tokenizer_offline(gateway: Ga
     )
 
 
-async def test_disconnect_storm_leaves_no_connection_idle_in_transaction(pg_gateway: Gateway) -> None:
-    """Many streams, half the clients leaving at random points: one row each, no idle-in-transaction."""
-    rng = random.Random(7)
-    rids = [new_request_id() for _ in range(60)]
+IDLE_IN_TRANSACTION_OVER_1S = text(
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND state = 'idle in transaction' AND now() - state_change > interval '1 second' "
+    "AND pid <> pg_backend_pid()"
+)
+OUR_CONNECTIONS = text(
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
 
-    async def one(rid: str) -> str:
-        leave = rng.choice(["stay", "early", "mid"])
-        body = orjson.dumps(
-            {"model": "slow" if leave != "stay" else "fast", "messages": [{"role": "user", "content": "x"}]}
-        )
-        stream = await open_raw_stream(pg_gateway.url, "/chat", body, rid)
-        if leave == "stay":
+
+async def test_disconnect_storm_on_postgres(start_gateway: Any, pg_database_url: str) -> None:
+    """500 streams, half the clients leaving at random points, asyncio debug mode on.
+
+    During and after: no connection idle in transaction for over 1 s, the pool never over its
+    size, exactly one row per stream with the right status, and no task or coroutine leaked.
+    """
+    gw: Gateway = start_gateway(
+        env={"PYTHONASYNCIODEBUG": "1", "PYTHONWARNINGS": "default", "TOKENRELAY_LEDGER__POOL_SIZE": "3"},
+        database_url=pg_database_url,
+    )
+    rng = random.Random(2026)
+    plan = [
+        rng.choice(["stay", "stay", "stay", "before_first_token", "mid_stream", "at_the_end"])
+        for _ in range(500)
+    ]
+    expected: dict[str, tuple[str, str | None]] = {}
+
+    async def one(how: str) -> None:
+        rid = new_request_id()
+        model = {
+            "stay": "fast",
+            "before_first_token": "stall-first",
+            "mid_stream": "slow",
+            "at_the_end": "paced",
+        }[how]
+        body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "storm"}]})
+        stream = await open_raw_stream(gw.url, "/chat", body, rid)
+        if how == "stay":
             await stream.read_until(b'"type":"done"')
-            stream.close()
-            return "completed"
-        if leave == "mid":
-            await stream.read_until(b'"type":"delta"')
-        else:
-            await asyncio.sleep(rng.uniform(0, 0.02))
+            expected[rid] = ("completed", None)
+        elif how == "before_first_token":
+            await asyncio.sleep(rng.uniform(0.005, 0.05))
+            expected[rid] = ("client_disconnected", "before_first_token")
+        elif how == "mid_stream":
+            await stream.read_until(b'"type":"delta"', count=rng.randint(1, 5))
+            expected[rid] = ("client_disconnected", "mid_stream")
+        else:  # the last of the 20 deltas arrived; usage and done had not
+            await stream.read_until(b"id: 20\n")
+            expected[rid] = ("client_disconnected", "mid_stream")
         stream.close()
-        return "client_disconnected"
 
-    expected = await asyncio.gather(*(one(rid) for rid in rids))
-    engine = create_async_engine(pg_gateway.database_url)
-    try:
-        for rid, status in zip(rids, expected, strict=True):
-            rows = await pg_gateway.ledger_rows(rid, settle=0)
-            assert [r["status"] for r in rows] == [status], rid
+    engine = create_async_engine(pg_database_url)
+    stuck_samples: list[int] = []
+    connection_samples: list[int] = []
+    storm_over = asyncio.Event()
+
+    async def watch_database() -> None:
         async with engine.connect() as connection:
-            stuck = (
-                await connection.execute(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND state = 'idle in transaction' AND pid <> pg_backend_pid()"
-                    )
-                )
-            ).scalar_one()
-        assert stuck == 0
+            while not storm_over.is_set():
+                stuck_samples.append((await connection.execute(IDLE_IN_TRANSACTION_OVER_1S)).scalar_one())
+                connection_samples.append((await connection.execute(OUR_CONNECTIONS)).scalar_one())
+                await connection.rollback()  # do not sit idle in transaction ourselves
+                await asyncio.sleep(0.1)
+
+    watcher = asyncio.create_task(watch_database())
+    try:
+        for wave in range(0, len(plan), 50):
+            await asyncio.gather(*(one(how) for how in plan[wave : wave + 50]))
+        await asyncio.sleep(1.5)  # the last batches, and a chance for a stuck transaction to pass 1 s
+        storm_over.set()
+        await watcher
+        async with engine.connect() as connection:
+            result = await connection.execute(
+                text(
+                    "SELECT request_id, status, disconnect_phase FROM usage_record "
+                    "WHERE request_id = ANY(:ids)"
+                ),
+                {"ids": list(expected)},
+            )
+            rows = [tuple(row) for row in result]
+            stuck_after = (await connection.execute(IDLE_IN_TRANSACTION_OVER_1S)).scalar_one()
     finally:
+        storm_over.set()
+        await asyncio.gather(watcher, return_exceptions=True)
         await engine.dispose()
+
+    assert len(rows) == len(expected) == 500, "exactly one row per stream"
+    assert {rid: (status, phase) for rid, status, phase in rows} == expected
+    assert max(stuck_samples) == 0 and stuck_after == 0
+    # One writer, one connection at a time: the pool (3) never needed its overflow, let alone ran dry.
+    assert max(connection_samples) <= 3, connection_samples
+    log = gw.log_text()
+    for leak in (
+        "Task was destroyed but it is pending",
+        "was never awaited",
+        "Task exception was never retrieved",
+    ):
+        assert leak not in log
+    assert "QueuePool limit" not in log
+    assert await asyncio.to_thread(gw.stop) == 0

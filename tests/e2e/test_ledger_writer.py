@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tokenrelay.config import LedgerSettings
 from tokenrelay.ledger.db import create_engine, prepare_schema
 from tokenrelay.ledger.record import StreamRecord, StreamStatus
+from tokenrelay.ledger.spool import Spool
+from tokenrelay.ledger.store import LedgerStore
 from tokenrelay.ledger.tokens import TokenCounter
 from tokenrelay.ledger.writer import LedgerWriter
 
@@ -51,18 +53,31 @@ def finished_record(request_id: str) -> StreamRecord:
     )
 
 
-async def make_writer(engine: AsyncEngine, **overrides: float) -> LedgerWriter:
+async def make_writer(engine: AsyncEngine, spool_dir: Path, **overrides: float) -> LedgerWriter:
     counter = TokenCounter()
     await counter.load([])
+    settings = LedgerSettings(database_url=str(engine.url), spool_dir=spool_dir)
+    store = LedgerStore(engine=engine, spool=Spool(spool_dir, min_free_bytes=0), settings=settings)
+    await store.start()
     writer = LedgerWriter(
-        sessions=async_sessionmaker(engine, expire_on_commit=False),
-        dialect=engine.dialect.name,
+        store=store,
         counter=counter,
         batch_max_rows=int(overrides.get("rows", 200)),
         batch_max_seconds=overrides.get("seconds", 0.05),
     )
     await writer.start()
+    stores[writer] = store
     return writer
+
+
+stores: dict[LedgerWriter, LedgerStore] = {}
+
+
+async def close(writer: LedgerWriter) -> LedgerStore:
+    await writer.close()
+    store = stores.pop(writer)
+    await store.close()
+    return store
 
 
 async def count(engine: AsyncEngine, where: str = "1=1") -> int:
@@ -72,29 +87,31 @@ async def count(engine: AsyncEngine, where: str = "1=1") -> int:
         )
 
 
-async def test_close_writes_everything_submitted_in_batches(engine: AsyncEngine) -> None:
-    writer = await make_writer(engine, rows=50, seconds=1.0)
+async def test_close_writes_everything_submitted_in_batches(engine: AsyncEngine, tmp_path: Path) -> None:
+    writer = await make_writer(engine, tmp_path, rows=50, seconds=1.0)
     for i in range(175):
         writer.submit(finished_record(f"r{i}"))
-    await writer.close()
+    store = await close(writer)
     assert await count(engine) == 175
-    assert writer.rows_written == 175 and writer.rows_failed == 0
+    assert store.rows_written == 175 and store.rows_spooled == 0 and writer.batches_failed == 0
 
 
-async def test_replayed_record_is_written_once(engine: AsyncEngine) -> None:
-    writer = await make_writer(engine)
+async def test_replayed_record_is_written_once(engine: AsyncEngine, tmp_path: Path) -> None:
+    writer = await make_writer(engine, tmp_path)
     record = finished_record("dup")
     writer.submit(record)
     writer.submit(record)
-    await writer.close()
-    writer = await make_writer(engine)
+    await close(writer)
+    writer = await make_writer(engine, tmp_path)
     writer.submit(record)
-    await writer.close()
+    await close(writer)
     assert await count(engine, "request_id = 'dup'") == 1
 
 
-async def test_cancelled_writer_still_commits_the_batch_in_flight(engine: AsyncEngine) -> None:
-    writer = await make_writer(engine, seconds=0.01)
+async def test_cancelled_writer_still_commits_the_batch_in_flight(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    writer = await make_writer(engine, tmp_path, seconds=0.01)
     writer.submit(finished_record("in-flight"))
     # Let the writer take the batch and start writing, then cancel it mid-write.
     async with asyncio.timeout(5):
@@ -105,6 +122,7 @@ async def test_cancelled_writer_still_commits_the_batch_in_flight(engine: AsyncE
     writer._task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await writer._task
+    await stores.pop(writer).close()
     assert await count(engine, "request_id = 'in-flight'") == 1
     if engine.dialect.name == "postgresql":
         async with engine.connect() as connection:

@@ -14,6 +14,7 @@ from tokenrelay.api.schemas import ChatCompletionRequest, ChatRequest
 from tokenrelay.errors import ModelNotFound, ServiceUnavailable
 from tokenrelay.ledger.db import is_reachable
 from tokenrelay.ledger.record import StreamRecord
+from tokenrelay.ledger.store import LedgerStore
 from tokenrelay.relay.lifecycle import RelayRuntime, StreamRelay
 from tokenrelay.relay.protocols import ChatEvents, OpenAIChunks, OpenAICompletion, WireProtocol
 
@@ -89,11 +90,20 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Ready to serve: not draining and the ledger DB answers")
+@router.get("/readyz", summary="Ready to serve: not draining, and usage rows have somewhere to go")
 async def readyz(request: Request) -> Response:
+    """200 ``ready`` or ``degraded`` (DB away, rows spooling: still serving); 503 otherwise."""
     runtime: RelayRuntime = request.app.state.runtime
-    engine = request.app.state.engine
-    ledger = "disabled" if engine is None else ("ok" if await is_reachable(engine) else "unreachable")
-    ready = not runtime.drain.draining and ledger != "unreachable"
-    body = {"status": "ready" if ready else "not_ready", "ledger": ledger, "draining": runtime.drain.draining}
-    return JSONResponse(body, status_code=200 if ready else 503)
+    store: LedgerStore | None = request.app.state.ledger_store
+    if store is None:
+        ledger: dict[str, Any] = {"state": "disabled"}
+    else:
+        ledger = store.health()
+        if ledger["state"] == "ok" and not await is_reachable(request.app.state.engine):
+            ledger["state"] = "degraded"
+    draining = runtime.drain.draining
+    if draining or ledger["state"] == "failed":
+        status, code = "not_ready", 503
+    else:
+        status, code = ("degraded", 200) if ledger["state"] == "degraded" else ("ready", 200)
+    return JSONResponse({"status": status, "draining": draining, "ledger": ledger}, status_code=code)

@@ -23,6 +23,8 @@ def create_engine(settings: LedgerSettings) -> AsyncEngine:
     kwargs: dict[str, Any] = {"pool_pre_ping": settings.pool_pre_ping}
     if url.get_backend_name() != "sqlite":
         kwargs["pool_size"] = settings.pool_size
+        kwargs["pool_timeout"] = settings.pool_timeout_seconds
+        kwargs["connect_args"] = {"timeout": settings.connect_timeout_seconds}
     engine = create_async_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
 
