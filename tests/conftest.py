@@ -435,7 +435,7 @@ class TcpProxy:
                 writer.transport.abort()
 
         await asyncio.gather(pipe(client_reader, upstream_writer), pipe(upstream_reader, client_writer))
-        self._transports.difference_update(pair)  # type: ignore[arg-type]
+        self._transports.difference_update(pair)
 
 
 @pytest.fixture

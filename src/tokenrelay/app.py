@@ -76,7 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
             )
             stack.push_async_callback(upstreams.aclose)
             for model in settings.models.values():
-                upstreams.client_for(model).warm_up()
+                upstreams.client_for(model).start()
 
             drain = DrainCoordinator(settings.drain_seconds)
             stack.callback(drain.close)

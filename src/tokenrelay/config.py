@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -102,9 +102,6 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(default=10.0, ge=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     upstream_max_connections: int = Field(default=1000, ge=1)
-    upstream_http_backend: Literal["aiohttp", "httpx"] = Field(
-        default="aiohttp", description="The SDK transport; aiohttp carries more chunks per CPU-second"
-    )
 
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
 

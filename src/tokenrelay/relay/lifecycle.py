@@ -47,6 +47,9 @@ from tokenrelay.upstreams.openai_compat import UpstreamClient, UpstreamStream
 
 log = logging.getLogger(__name__)
 
+# Longest a stream may keep the event loop before it lets others run.
+_FAIR_SHARE_SECONDS = 0.002
+
 T = TypeVar("T")
 
 
@@ -193,9 +196,11 @@ class StreamRelay(Response):
         encode = self._protocol.encode_chunk
         decoder = SSEDecoder()
         clock = time.monotonic
+        read = upstream.read
         saw_done = False
         out = self._held
-        async for raw in upstream.iter_raw():
+        yielded_at = clock()
+        while raw := await read():
             now = clock()
             self._last_data_at = now
             for payload in decoder.feed(raw):
@@ -235,6 +240,11 @@ class StreamRelay(Response):
                 await self._flush_output()
             if saw_done:
                 return
+            if now - yielded_at > _FAIR_SHARE_SECONDS:
+                # With data already buffered, neither read() nor send() suspends: without this a
+                # fast upstream would hold the loop, starving other streams and our own watchers.
+                await asyncio.sleep(0)
+                yielded_at = clock()
         if record.finish_reason is None:
             raise UpstreamProtocolError("upstream closed the stream before it finished")
 

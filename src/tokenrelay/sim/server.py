@@ -30,6 +30,7 @@ import collections
 import itertools
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -214,14 +215,30 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
-def _answer(messages: list[dict[str, Any]], options: SimOptions) -> list[str]:
-    """The answer as the list of pieces that will be streamed, one per chunk."""
+class _FillerWords(Sequence[str]):
+    """N filler words, made as they are streamed (a list of 100,000 would stall the loop)."""
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: Any) -> Any:
+        raise NotImplementedError("iterate instead")
+
+    def __iter__(self) -> Iterator[str]:
+        words = itertools.islice(itertools.cycle(FILLER), self._count)
+        return (word if i == 0 else " " + word for i, word in enumerate(words))
+
+
+def _answer(messages: list[dict[str, Any]], options: SimOptions) -> Sequence[str]:
+    """The answer as the pieces that will be streamed, one per chunk."""
     if options.echo:
         text = _last_user_text(messages)
         return [text[i : i + options.piece] for i in range(0, len(text), options.piece)]
     if options.tokens is not None:
-        words = itertools.islice(itertools.cycle(FILLER), options.tokens)
-        return [word if i == 0 else " " + word for i, word in enumerate(words)]
+        return _FillerWords(options.tokens)
     said = _last_user_text(messages)[:200]
     text = f"Hello from the simulated model. You said: {said!r}. " + " ".join(FILLER) + "."
     return [text[i : i + 4] for i in range(0, len(text), 4)]
@@ -244,7 +261,7 @@ async def _error_status(send: Send, options: SimOptions, stats: RequestStats) ->
 async def _respond(
     send: Send,
     request: dict[str, Any],
-    answer: list[str],
+    answer: Sequence[str],
     options: SimOptions,
     stats: RequestStats,
     include_usage: bool,
@@ -262,7 +279,7 @@ async def _respond(
 async def _stream(
     send: Send,
     request: dict[str, Any],
-    answer: list[str],
+    answer: Sequence[str],
     options: SimOptions,
     stats: RequestStats,
     include_usage: bool,
@@ -351,7 +368,7 @@ def _usage(request: dict[str, Any], completion_tokens: int) -> dict[str, int]:
 
 
 async def _complete(
-    send: Send, request: dict[str, Any], answer: list[str], options: SimOptions, stats: RequestStats
+    send: Send, request: dict[str, Any], answer: Sequence[str], options: SimOptions, stats: RequestStats
 ) -> None:
     if options.ttft:
         await asyncio.sleep(options.ttft)

@@ -1,27 +1,27 @@
-"""Talking to one OpenAI-compatible upstream.
+"""Talking to one OpenAI-compatible upstream over aiohttp.
 
-We keep the ``openai`` SDK for what it is good at (auth, base URL handling, time-outs, its error
-classes) and step around what costs on the hot path:
+Why not the ``openai`` SDK here (it is what the tests use as a client): measured in
+``bench/upstream_clients.py`` (numbers in BENCHMARKS.md), building one streaming request costs
+about 1.5 ms of CPU through ``chat.completions.create`` (it transforms every message through
+its TypedDict machinery), about 0.6 ms through the SDK's lower-level ``post``, and about
+0.25 ms with aiohttp directly; the SDK also wraps each read in three generator layers
+(httpx2, its vendored aiohttp transport, aiohttp). The SDK's contributions we would keep --
+a bearer header, joining the base URL, time-outs, mapping statuses to errors -- are the few
+lines below, so the gateway talks aiohttp directly and reads with ``readany()``, which hands
+over everything already buffered: one client write can carry many events.
 
-* ``with_streaming_response`` hands us the raw HTTP response instead of parsing every chunk
-  into a pydantic model; the relay parses the SSE bytes itself.
-* The SDK's aiohttp transport (``DefaultAioHttpClient``) yields everything already buffered
-  in one read, so one client write can carry many events (see BENCHMARKS.md for the numbers
-  that chose it over the default httpx transport).
-* ``max_retries=0``: the gateway never retries. Clients (the OpenAI SDK among them) retry on
-  their own with backoff; retrying here too multiplies upstream calls (2 SDK retries times 2
-  gateway retries = 9 calls for one user action) and would hide a 429's ``Retry-After``.
+The gateway never retries: clients (the OpenAI SDK among them) retry with their own backoff;
+retrying here too multiplies upstream calls (2 SDK retries times 2 gateway retries = 9 calls
+for one user action) and would hide a 429's ``Retry-After`` from the client that must honour it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
 from typing import Any
 
 import aiohttp
-import httpx2
-import openai
-from openai._response import AsyncAPIResponse
+import orjson
 
 from tokenrelay.config import ModelConfig
 from tokenrelay.errors import (
@@ -35,138 +35,124 @@ from tokenrelay.errors import (
 
 # Upstream statuses the client caused and can fix; they pass through with their own status.
 _CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
+_ERROR_BODY_LIMIT = 64 * 1024
 
 
 class UpstreamStream:
     """An open streaming response from the upstream. Close it exactly once with ``aclose``."""
 
-    __slots__ = ("_closed", "_response")
+    __slots__ = ("_closed", "_content", "_response")
 
-    def __init__(self, response: AsyncAPIResponse[Any]) -> None:
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
+        self._content = response.content
         self._closed = False
 
-    async def iter_raw(self) -> AsyncIterator[bytes]:
-        """Raw body bytes as they arrive (any framing); transport errors become UpstreamErrors."""
+    async def read(self) -> bytes:
+        """Everything received since the last read (any framing); ``b""`` at the end."""
         try:
-            async for data in self._response.http_response.aiter_raw():
-                yield data
-        except httpx2.TimeoutException as exc:
-            raise UpstreamTimeout("upstream read timed out") from exc
-        except httpx2.HTTPError as exc:
+            return await self._content.readany()
+        except aiohttp.ClientError as exc:
             raise UpstreamProtocolError(
                 f"upstream connection dropped mid-stream: {type(exc).__name__}"
             ) from exc
 
     async def aclose(self) -> None:
-        """Close the connection; an unfinished body makes the transport drop it, not pool it."""
-        if not self._closed:
-            self._closed = True
-            await self._response.close()
+        """Give the connection back if the body was read to its end; otherwise close it.
+
+        Closing is what tells the upstream to stop generating: an unfinished body must never
+        go back to the pool.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
 
 
 class UpstreamClient:
-    """One reused SDK client (and connection pool) for one upstream base URL and key."""
+    """One connection pool for one upstream base URL and key."""
 
-    def __init__(
-        self, *, base_url: str, api_key: str | None, max_connections: int, http_backend: str = "aiohttp"
-    ) -> None:
-        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        if http_backend == "aiohttp":
-            self._http: httpx2.AsyncClient = openai.DefaultAioHttpClient(limits=limits)
-        else:
-            self._http = openai.DefaultAsyncHttpxClient(limits=limits)
-        self._sdk = openai.AsyncOpenAI(
-            base_url=base_url,
-            # Local servers accept any key; the SDK insists on one being set.
-            api_key=api_key or "unused",
-            max_retries=0,
-            http_client=self._http,
-        )
+    def __init__(self, *, base_url: str, api_key: str | None, max_connections: int) -> None:
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+            # Compressed SSE would have to be decompressed before it could be parsed.
+            "Accept-Encoding": "identity",
+        }
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
 
-    def warm_up(self) -> None:
-        """Import the SDK's lazily loaded request path now, not during the first user's request."""
-        _ = self._sdk.chat.completions.with_streaming_response
+    def start(self) -> None:
+        """Create the session (inside the running event loop)."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+            # trust_env: honour HTTP(S)_PROXY and NO_PROXY like every HTTP client.
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=True, auto_decompress=False)
 
     async def open_stream(
         self, *, body: dict[str, Any], upstream_model: str, config: ModelConfig, request_id: str
     ) -> UpstreamStream:
         """Send the request and wait for the response headers. Raises an UpstreamError."""
-        params = dict(body)
-        messages = params.pop("messages")
-        params.pop("model", None)
-        params.pop("stream", None)
-        params.pop("stream_options", None)
-        timeout = httpx2.Timeout(
-            connect=config.connect_timeout_seconds,
-            pool=config.connect_timeout_seconds,
-            write=config.connect_timeout_seconds,
-            # Reading is timed by the relay (first token, idle, total): it knows which phase it is in.
-            read=None,
+        self.start()
+        assert self._session is not None
+        payload = orjson.dumps(
+            {**body, "model": upstream_model, "stream": True, "stream_options": {"include_usage": True}}
         )
+        headers = {**self._headers, "X-Request-ID": request_id}
+        connect = config.connect_timeout_seconds
+        # Reading is timed by the relay (first token, idle, total): it knows which phase it is in.
+        timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=None)
         try:
-            response = await self._sdk.chat.completions.with_streaming_response.create(
-                model=upstream_model,
-                messages=messages,
-                stream=True,
-                stream_options={"include_usage": True},
-                extra_body=params or None,
-                extra_headers={"X-Request-ID": request_id, "Accept-Encoding": "identity"},
-                timeout=timeout,
-            ).__aenter__()
-        except openai.APIStatusError as exc:
-            raise _status_error(exc) from exc
-        except openai.APITimeoutError as exc:
-            if _is_refused_connection(exc):
-                raise UpstreamUnavailable(f"cannot reach upstream: {_cause(exc)}") from exc
+            response = await self._session.post(self._url, data=payload, headers=headers, timeout=timeout)
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout("upstream did not answer in time") from exc
-        except openai.APIConnectionError as exc:
-            raise UpstreamUnavailable(f"cannot reach upstream: {_cause(exc)}") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"cannot reach upstream: {type(exc).__name__}") from exc
+        if response.status >= 400:
+            raise await _status_error(response, config)
         return UpstreamStream(response)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        await self._sdk.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and len(chain) < 10:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
+async def _status_error(response: aiohttp.ClientResponse, config: ModelConfig) -> UpstreamError:
+    try:
+        async with asyncio.timeout(config.connect_timeout_seconds):
+            body = await response.content.read(_ERROR_BODY_LIMIT)
+    except (TimeoutError, aiohttp.ClientError):
+        body = b""
+    finally:
+        response.close()
+    return status_error(response.status, _upstream_message(body), response.headers.get("Retry-After"))
 
 
-def _is_refused_connection(exc: BaseException) -> bool:
-    """The SDK's aiohttp transport reports a refused connection as a connect *time-out*
-    (it maps aiohttp's ClientConnectionError to ConnectTimeout); tell the two apart."""
-    chain = _causes(exc)
-    refused = any(isinstance(e, aiohttp.ClientConnectorError) for e in chain)
-    timed_out = any(isinstance(e, aiohttp.ServerTimeoutError | TimeoutError) for e in chain)
-    return refused and not timed_out
+def _upstream_message(body: bytes) -> str:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:200].decode(errors="replace") or "no details"
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+        return str(parsed["message"])
+    return "no details"
 
 
-def _cause(exc: BaseException) -> str:
-    return type(_causes(exc)[-1]).__name__
-
-
-def _upstream_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        message = body.get("message") or (body.get("error") or {}).get("message")
-        if isinstance(message, str):
-            return message
-    return exc.message
-
-
-def _status_error(exc: openai.APIStatusError) -> UpstreamError:
-    status = exc.status_code
-    message = _upstream_message(exc)
+def status_error(status: int, message: str, retry_after: str | None) -> UpstreamError:
+    """The error for an upstream's HTTP error status."""
     if status == 429:
-        return UpstreamRateLimited(
-            f"upstream rate limit: {message}", retry_after=exc.response.headers.get("retry-after")
-        )
+        return UpstreamRateLimited(f"upstream rate limit: {message}", retry_after=retry_after)
     if status in _CLIENT_FAULT_STATUSES:
         return UpstreamRejected(f"upstream rejected the request: {message}", upstream_status=status)
     if status in (401, 403):

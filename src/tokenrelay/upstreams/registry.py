@@ -9,15 +9,8 @@ from tokenrelay.upstreams.openai_compat import UpstreamClient
 class Upstreams:
     """Creates clients on first use and closes them all at shutdown."""
 
-    def __init__(
-        self,
-        *,
-        max_connections: int,
-        http_backend: str = "aiohttp",
-        url_overrides: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, *, max_connections: int, url_overrides: dict[str, str] | None = None) -> None:
         self._max_connections = max_connections
-        self._http_backend = http_backend
         self._url_overrides = url_overrides or {}
         self._clients: dict[tuple[str, str | None], UpstreamClient] = {}
 
@@ -28,12 +21,7 @@ class Upstreams:
         key = (base_url, api_key)
         client = self._clients.get(key)
         if client is None:
-            client = UpstreamClient(
-                base_url=base_url,
-                api_key=api_key,
-                max_connections=self._max_connections,
-                http_backend=self._http_backend,
-            )
+            client = UpstreamClient(base_url=base_url, api_key=api_key, max_connections=self._max_connections)
             self._clients[key] = client
         return client
 
