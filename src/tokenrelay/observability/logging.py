@@ -63,8 +63,6 @@ def configure_logging(*, level: str, fmt: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # The SDK's HTTP client logs every upstream request at INFO; the stream-end line covers it.
-    logging.getLogger("httpx2").setLevel(logging.WARNING)
 
 
 def log_stream_end(record: StreamRecord) -> None:
