@@ -20,7 +20,7 @@ from fastapi import FastAPI
 
 from tokenrelay.api.errors import install_error_handlers
 from tokenrelay.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from tokenrelay.api.routes import router
+from tokenrelay.api.routes import router, stream_routes
 from tokenrelay.config import BUILTIN_SIM_URL, Settings, load_settings
 from tokenrelay.ledger.db import create_engine
 from tokenrelay.ledger.spool import Spool
@@ -95,6 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="tokenrelay", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    app.router.routes.extend(stream_routes)
     app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)

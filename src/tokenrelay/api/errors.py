@@ -35,7 +35,8 @@ def _is_field(part: object) -> bool:
     return part != "body" and text not in _TYPE_TAGS and "[" not in text and "-" not in text
 
 
-def _describe(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+def describe_validation_errors(errors: list[Any]) -> tuple[str, str | None]:
+    """(message, param) for pydantic errors: the first one, naming its field."""
     first = errors[0]
     location = [str(part) for part in first.get("loc", ()) if _is_field(part)]
     if first.get("type") == "json_invalid":
@@ -51,7 +52,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        message, param = _describe(list(exc.errors()))
+        message, param = describe_validation_errors(list(exc.errors()))
         return error_response(InvalidRequest(message, param=param))
 
     async def on_tokenrelay_error(_request: Request, exc: Exception) -> Response:

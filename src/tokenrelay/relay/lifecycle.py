@@ -7,7 +7,7 @@ This module is the only place that knows about client disconnects. Invariants:
   ``request.is_disconnected()`` between chunks cannot see a client leave a stalled stream.
 * Whatever ends first -- upstream done, client gone, time-out, shutdown -- resolves one
   ``stop`` future; the main coroutine races each phase against it and cancels the loser.
-* Time-outs and keep-alives live in one watchdog task that compares clocks; nothing puts a
+* Time-outs and keep-alives live in one watchdog timer that compares clocks; nothing puts a
   time-out around the upstream iterator's ``__anext__`` (cancelling inside an async generator
   finalises it).
 * The response starts late: at the first bytes to send or the first keep-alive. Until then a
@@ -142,16 +142,17 @@ class StreamRelay(Response):
         self._first_output_at: float | None = None
         self._last_data_at = record.started_mono
         self._held = bytearray()
+        self._keepalive = runtime.settings.keepalive_seconds if protocol.streaming else float("inf")
+        self._timer: asyncio.TimerHandle | None = None
+        self._ping: asyncio.Future[None] | None = None
 
     # -- the lifecycle, top to bottom ------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: ARG002
         self._send = send
         self._runtime.drain.register(self)
-        watchers = (
-            asyncio.ensure_future(self._watch_client(receive)),
-            asyncio.ensure_future(self._watchdog()),
-        )
+        watcher = asyncio.ensure_future(self._watch_client(receive))
+        self._on_timer()
         upstream: UpstreamStream | None = None
         try:
             upstream = await self._race(
@@ -188,7 +189,7 @@ class StreamRelay(Response):
                 StreamStatus.UPSTREAM_ERROR, TokenRelayError(f"internal error ({type(exc).__name__})")
             )
         finally:
-            await self._finish(upstream, watchers)
+            await self._finish(upstream, watcher)
 
     async def _forward(self, upstream: UpstreamStream) -> None:
         """Upstream chunks -> counted in the record -> encoded once -> one write per read."""
@@ -288,14 +289,16 @@ class StreamRelay(Response):
         except OSError:
             pass  # the client left while we were telling it; the record already says why we ended
 
-    async def _finish(
-        self, upstream: UpstreamStream | None, watchers: tuple[asyncio.Future[None], ...]
-    ) -> None:
+    async def _finish(self, upstream: UpstreamStream | None, watcher: asyncio.Future[None]) -> None:
         """Runs on every exit path: close, stop watching, account."""
         record = self.record
         try:
-            for watcher in watchers:
-                watcher.cancel()
+            watcher.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+            background = [watcher] if self._ping is None else [watcher, self._ping]
+            if self._ping is not None:
+                self._ping.cancel()
             if upstream is not None:
                 try:
                     await upstream.aclose()
@@ -303,7 +306,7 @@ class StreamRelay(Response):
                     log.debug(
                         "closing the upstream failed", exc_info=True, extra={"request_id": record.request_id}
                     )
-            await asyncio.gather(*watchers, return_exceptions=True)
+            await asyncio.gather(*background, return_exceptions=True)
         finally:
             # Reached even if this task is cancelled again during the awaits above.
             self._runtime.drain.unregister(self)
@@ -344,42 +347,51 @@ class StreamRelay(Response):
                 self.request_stop(StreamStatus.CLIENT_DISCONNECTED)
                 return
 
-    async def _watchdog(self) -> None:
-        """Keep-alive pings and the first-token, idle and total time-outs, from one timer."""
+    def _on_timer(self) -> None:
+        """Keep-alive pings and the first-token, idle and total time-outs, from one timer.
+
+        A timer callback rather than a task: one TimerHandle per stream instead of a task and
+        its frame (memory per idle stream is a target); a ping, which must await, gets a
+        short-lived task of its own.
+        """
+        self._timer = None
+        if self._stop.done():
+            return
         model = self._model
-        keepalive = self._runtime.settings.keepalive_seconds if self._protocol.streaming else float("inf")
+        now = time.monotonic()
         total_at = self.record.started_mono + model.total_timeout_seconds
-        while not self._stop.done():
-            now = time.monotonic()
-            if self._first_output_at is None:
-                data_deadline = self.record.started_mono + model.first_token_timeout_seconds
-                what = "the first token"
-            else:
-                data_deadline = self._last_data_at + model.idle_timeout_seconds
-                what = "the next chunk"
-            if now >= total_at:
-                self.request_stop(
-                    StreamStatus.TIMEOUT, UpstreamTimeout("the stream exceeded its total time-out")
-                )
-                return
-            if now >= data_deadline:
-                self.request_stop(
-                    StreamStatus.TIMEOUT, UpstreamTimeout(f"upstream timed out waiting for {what}")
-                )
-                return
-            ping_at = self._last_sent_at + keepalive
-            if now >= ping_at:
-                held = bytes(self._held) + PING
-                self._held.clear()
-                await self._send_body(held)
-                continue
-            await asyncio.sleep(min(total_at, data_deadline, ping_at) - now)
+        if self._first_output_at is None:
+            data_deadline = self.record.started_mono + model.first_token_timeout_seconds
+            what = "the first token"
+        else:
+            data_deadline = self._last_data_at + model.idle_timeout_seconds
+            what = "the next chunk"
+        if now >= total_at:
+            self.request_stop(StreamStatus.TIMEOUT, UpstreamTimeout("the stream exceeded its total time-out"))
+            return
+        if now >= data_deadline:
+            self.request_stop(StreamStatus.TIMEOUT, UpstreamTimeout(f"upstream timed out waiting for {what}"))
+            return
+        ping_at = self._last_sent_at + self._keepalive
+        if now >= ping_at and self._ping is None:
+            self._ping = asyncio.ensure_future(self._send_ping())
+        if self._ping is not None:
+            ping_at = now + self._keepalive  # one ping at a time; look again after this one
+        self._timer = self._loop.call_later(min(total_at, data_deadline, ping_at) - now, self._on_timer)
+
+    async def _send_ping(self) -> None:
+        try:
+            held = bytes(self._held) + PING
+            self._held.clear()
+            await self._send_body(held)
+        finally:
+            self._ping = None
 
     # -- sending ----------------------------------------------------------------------------
 
     async def _send_start(self) -> None:
         assert self._send is not None
-        # Set before awaiting: the watchdog's ping and the forwarder may both get here.
+        # Set before awaiting: a keep-alive ping and the forwarder may both get here.
         self._started = True
         await self._send({"type": "http.response.start", "status": 200, "headers": self._protocol.headers})
 
@@ -396,7 +408,7 @@ class StreamRelay(Response):
         """Send the encoded bytes of this read, unless still holding back before the first output."""
         if self._held and self._first_output_at is not None:
             data = bytes(self._held)
-            self._held.clear()  # before the await: the watchdog may flush held bytes meanwhile
+            self._held.clear()  # before the await: a keep-alive ping may flush held bytes meanwhile
             await self._send_body(data)
 
     async def _send_last(self, data: bytes) -> None:
