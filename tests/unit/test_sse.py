@@ -57,3 +57,12 @@ def test_incomplete_event_is_kept_until_completed() -> None:
     decoder = SSEDecoder()
     assert decoder.feed(b'data: {"x": 1}\n') == []
     assert [orjson.loads(p) for p in decoder.feed(b"\n")] == [{"x": 1}]
+
+
+def test_an_event_that_never_ends_is_refused() -> None:
+    from tokenrelay.relay.sse import MAX_EVENT_BYTES
+
+    decoder = SSEDecoder()
+    decoder.feed(b"data: " + b"x" * (MAX_EVENT_BYTES - 10))
+    with pytest.raises(ValueError, match="exceeded"):
+        decoder.feed(b"x" * 100)

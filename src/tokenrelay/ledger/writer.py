@@ -115,25 +115,17 @@ class LedgerWriter:
         self._task = None
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         closing = False
         while not closing:
             first = await self._queue.get()
             if first is None:
                 return
             batch = [first]
-            deadline = loop.time() + self._batch_max_seconds
-            while len(batch) < self._batch_max_rows:
-                try:
-                    item = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(self._queue.get(), remaining)
-                    except TimeoutError:
-                        break
+            if self._queue.qsize() < self._batch_max_rows - 1:
+                # One sleep per batch, not a timed wait per record: rows arriving meanwhile join.
+                await asyncio.sleep(self._batch_max_seconds)
+            while len(batch) < self._batch_max_rows and not self._queue.empty():
+                item = self._queue.get_nowait()
                 if item is None:
                     closing = True
                     break

@@ -204,7 +204,11 @@ class StreamRelay(Response):
         while raw := await read():
             now = clock()
             self._last_data_at = now
-            for payload in decoder.feed(raw):
+            try:
+                payloads = decoder.feed(raw)
+            except ValueError as exc:
+                raise UpstreamProtocolError(str(exc)) from exc
+            for payload in payloads:
                 if payload == b"[DONE]":
                     saw_done = True
                     break
@@ -241,7 +245,7 @@ class StreamRelay(Response):
                 await self._flush_output()
             if saw_done:
                 return
-            if now - yielded_at > _FAIR_SHARE_SECONDS:
+            if clock() - yielded_at > _FAIR_SHARE_SECONDS:
                 # With data already buffered, neither read() nor send() suspends: without this a
                 # fast upstream would hold the loop, starving other streams and our own watchers.
                 await asyncio.sleep(0)

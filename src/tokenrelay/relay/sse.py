@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# No chat chunk comes close; a stream that never ends an event must not grow without bound.
+MAX_EVENT_BYTES = 1024 * 1024
+
 
 class SSEDecoder:
     """Feed raw bytes split anywhere; get back the ``data`` payload of each complete event.
@@ -23,6 +26,8 @@ class SSEDecoder:
             buffer = buffer.replace(b"\r\n", b"\n")
         events = buffer.split(b"\n\n")
         self._pending = events.pop()
+        if len(self._pending) > MAX_EVENT_BYTES:
+            raise ValueError(f"an upstream event exceeded {MAX_EVENT_BYTES} bytes")
         payloads: list[bytes] = []
         for event in events:
             if event.startswith(b"data: ") and b"\n" not in event:

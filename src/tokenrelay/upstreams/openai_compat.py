@@ -128,7 +128,7 @@ class UpstreamClient:
 async def _status_error(response: aiohttp.ClientResponse, config: ModelConfig) -> UpstreamError:
     try:
         async with asyncio.timeout(config.connect_timeout_seconds):
-            body = await response.content.read(_ERROR_BODY_LIMIT)
+            body = (await response.read())[:_ERROR_BODY_LIMIT]
     except (TimeoutError, aiohttp.ClientError):
         body = b""
     finally:
