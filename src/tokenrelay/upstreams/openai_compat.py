@@ -1,10 +1,10 @@
 """Talking to one OpenAI-compatible upstream over aiohttp.
 
 Why not the ``openai`` SDK here (it is what the tests use as a client): measured in
-``bench/upstream_clients.py`` (numbers in BENCHMARKS.md), building one streaming request costs
-about 1.5 ms of CPU through ``chat.completions.create`` (it transforms every message through
-its TypedDict machinery), about 0.6 ms through the SDK's lower-level ``post``, and about
-0.25 ms with aiohttp directly; the SDK also wraps each read in three generator layers
+``bench/upstream_clients.py`` (numbers in BENCHMARKS.md), opening one streaming request costs
+about 1.0 ms of CPU through ``chat.completions.create`` (it transforms every message through
+its TypedDict machinery), about 0.5 ms through the SDK's lower-level ``post``, and about
+0.15 ms with aiohttp directly; the SDK also wraps each read in three generator layers
 (httpx2, its vendored aiohttp transport, aiohttp). The SDK's contributions we would keep --
 a bearer header, joining the base URL, time-outs, mapping statuses to errors -- are the few
 lines below, so the gateway talks aiohttp directly and reads with ``readany()``, which hands
