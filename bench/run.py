@@ -1904,8 +1904,7 @@ def observe(r: Results) -> list[str]:
             "Upstream client: opening a streamed request costs "
             f"{clients['sdk-create']['open_cpu_ms']:.2f} ms of CPU through the SDK's "
             f"`chat.completions.create`, {clients['sdk-post']['open_cpu_ms']:.2f} ms through its `post`, "
-            f"and {clients['aiohttp']['open_cpu_ms']:.2f} ms with aiohttp directly (the docstring of "
-            "`upstreams/openai_compat.py` says about 1.5, 0.6 and 0.25 ms). "
+            f"and {clients['aiohttp']['open_cpu_ms']:.2f} ms with aiohttp directly. "
             + read_side_sentence(list(clients.values()))
         )
     after = [t for t in r.tput if t.target.startswith("gw-") and t.after_cpu > 0.2]
