@@ -388,6 +388,8 @@ class StreamRelay(Response):
             held = bytes(self._held) + PING
             self._held.clear()
             await self._send_body(held)
+        except OSError:
+            pass  # the client is gone; the disconnect watcher ends the stream
         finally:
             self._ping = None
 
