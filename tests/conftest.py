@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,6 @@ class Gateway:
     process: subprocess.Popen[bytes]
     log_path: Path
     database_url: str
-    env: dict[str, str] = field(default_factory=dict)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -220,7 +219,7 @@ def _launch_gateway(
     except RuntimeError as exc:
         process.kill()
         raise RuntimeError(f"{exc}\n--- gateway log ---\n{log_path.read_text()}") from exc
-    return Gateway(url=url, process=process, log_path=log_path, database_url=database_url, env=env or {})
+    return Gateway(url=url, process=process, log_path=log_path, database_url=database_url)
 
 
 @pytest.fixture(scope="session")
