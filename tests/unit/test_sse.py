@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tokenrelay.relay.sse import SSEDecoder
+from tokenrelay.sse import SSEDecoder
 
 RECORDED = (
     b'data: {"choices":[{"delta":{"content":"caf\xc3\xa9"}}]}\n\n'
@@ -60,7 +60,7 @@ def test_incomplete_event_is_kept_until_completed() -> None:
 
 
 def test_an_event_that_never_ends_is_refused() -> None:
-    from tokenrelay.relay.sse import MAX_EVENT_BYTES
+    from tokenrelay.sse import MAX_EVENT_BYTES
 
     decoder = SSEDecoder()
     decoder.feed(b"data: " + b"x" * (MAX_EVENT_BYTES - 10))

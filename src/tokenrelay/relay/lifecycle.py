@@ -42,7 +42,7 @@ from tokenrelay.ledger.record import DisconnectPhase, StreamRecord, StreamStatus
 from tokenrelay.ledger.tokens import TokenCounter
 from tokenrelay.ledger.writer import LedgerWriter
 from tokenrelay.relay.protocols import PING, WireProtocol
-from tokenrelay.relay.sse import SSEDecoder
+from tokenrelay.sse import SSEDecoder
 from tokenrelay.upstreams.openai_compat import UpstreamClient, UpstreamStream
 
 log = logging.getLogger(__name__)

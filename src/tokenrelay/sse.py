@@ -1,4 +1,4 @@
-"""Incremental decoding of an upstream's Server-Sent Events into ``data`` payloads."""
+"""Incremental decoding of Server-Sent Events into `data` payloads (upstream streams and the client)."""
 
 from __future__ import annotations
 
