@@ -32,6 +32,7 @@ from tokenrelay.observability.logging import configure_logging, log_stream_end
 from tokenrelay.relay.lifecycle import DrainCoordinator, RelayRuntime
 from tokenrelay.sim.embedded import EmbeddedSim
 from tokenrelay.upstreams.registry import Upstreams
+from tokenrelay.web import web_routes
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.router.routes.extend(stream_routes)
     app.include_router(router)
+    if settings.web_page:
+        app.router.routes.extend(web_routes())
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app

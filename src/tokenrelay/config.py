@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     keepalive_seconds: float = Field(default=15.0, gt=0)
     drain_seconds: float = Field(default=10.0, ge=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # The chat page at `/`; an API-only deployment may turn it off.
+    web_page: bool = True
     upstream_max_connections: int = Field(default=1000, ge=1)
 
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)

@@ -104,7 +104,10 @@ async def list_models(request: Request) -> dict[str, Any]:
                 "owned_by": "tokenrelay",
                 "description": cfg.description,
             }
-            for name, cfg in runtime.settings.models.items()
+            # The default model first: pickers (the web page's among them) preselect it.
+            for name, cfg in sorted(
+                runtime.settings.models.items(), key=lambda item: item[0] != runtime.settings.default_model
+            )
         ],
     }
 

@@ -1,0 +1,40 @@
+"""The web chat page: static files served at ``/``, built on the JS client (``clients/js``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import FileResponse
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+# Model output is rendered by building DOM nodes, never as HTML; the policy is the second
+# line of defence: no inline script or handler runs even if markup slipped through.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+async def _index(_request: Request) -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", headers=_PAGE_HEADERS)
+
+
+def web_routes() -> list[BaseRoute]:
+    """``/`` (the chat page) and ``/static/`` (its scripts, styles and the JS client).
+
+    ``static/client`` links to ``clients/js/src``, the npm package's own files, so the page
+    and the published library are one code base; ``follow_symlink`` lets the server read it.
+    """
+    return [
+        Route("/", _index, methods=["GET", "HEAD"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR, follow_symlink=True), name="static"),
+    ]
