@@ -3,7 +3,7 @@
 
 python3 dev.py serve [args]   start the gateway on 127.0.0.1:8000 (tokenrelay serve)
 python3 dev.py test [args]    run the test suite (pytest)
-python3 dev.py lint           ruff and mypy --strict
+python3 dev.py lint           ruff, mypy --strict, and the JS client's type check
 python3 dev.py lock           re-pin requirements.lock from pyproject.toml
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -21,6 +22,8 @@ VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 LOCK = ROOT / "requirements.lock"
 STAMP = VENV / ".installed-lock"
+# npm projects: the JS client (its type checker) and the browser tests (playwright-core).
+NPM_PROJECTS = (ROOT / "clients" / "js", ROOT / "tests" / "browser")
 
 
 def _run(*cmd: str | Path) -> None:
@@ -41,6 +44,22 @@ def ensure_venv() -> None:
     STAMP.write_text(digest)
 
 
+def ensure_node_modules() -> bool:
+    """``npm ci`` where package-lock.json changed; False when there is no npm (JS tests skip)."""
+    if shutil.which("npm") is None:
+        print("npm not found: the JS client and browser tests will be skipped", file=sys.stderr)
+        return False
+    for project in NPM_PROJECTS:
+        stamp = project / "node_modules" / ".installed-lock"
+        digest = hashlib.sha256((project / "package-lock.json").read_bytes()).hexdigest()
+        if not (stamp.exists() and stamp.read_text() == digest):
+            print(f"npm ci in {project.relative_to(ROOT)} ...", file=sys.stderr)
+            npm_ci = ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"]
+            subprocess.run(npm_ci, cwd=project, check=True)
+            stamp.write_text(digest)
+    return True
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"serve", "test", "lint", "lock"}:
         print(__doc__, file=sys.stderr)
@@ -54,14 +73,18 @@ def main(argv: list[str]) -> int:
     if command == "serve":
         args = [str(BIN / "tokenrelay"), "serve", *rest]
     elif command == "test":
+        ensure_node_modules()
         args = [str(BIN / "python"), "-m", "pytest", *rest]
     elif command == "lint":
         paths = [p for p in ("src", "tests", "bench", "dev.py") if (ROOT / p).exists()]
-        for args in (
+        checks = [
             [str(BIN / "ruff"), "check", *paths],
             [str(BIN / "ruff"), "format", "--check", *paths],
             [str(BIN / "mypy")],
-        ):
+        ]
+        if ensure_node_modules():
+            checks.append(["npm", "--prefix", "clients/js", "run", "--silent", "typecheck"])
+        for args in checks:
             code = subprocess.run(args, cwd=ROOT, env=env).returncode
             if code:
                 return code
