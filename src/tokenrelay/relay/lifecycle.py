@@ -43,7 +43,7 @@ from tokenrelay.ledger.tokens import TokenCounter
 from tokenrelay.ledger.writer import LedgerWriter
 from tokenrelay.relay.protocols import PING, WireProtocol
 from tokenrelay.sse import SSEDecoder
-from tokenrelay.upstreams.openai_compat import UpstreamClient, UpstreamStream
+from tokenrelay.upstreams.openai_compat import Upstream, UpstreamStream
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class StreamRelay(Response):
         record: StreamRecord,
         body: dict[str, Any],
         model: ModelConfig,
-        upstream: UpstreamClient,
+        upstream: Upstream,
         protocol: WireProtocol,
         runtime: RelayRuntime,
     ) -> None:

@@ -18,7 +18,8 @@ for one user action) and would hide a 429's ``Retry-After`` from the client that
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -41,12 +42,13 @@ _ERROR_BODY_LIMIT = 64 * 1024
 class UpstreamStream:
     """An open streaming response from the upstream. Close it exactly once with ``aclose``."""
 
-    __slots__ = ("_closed", "_content", "_response")
+    __slots__ = ("_closed", "_content", "_on_close", "_response")
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, on_close: Callable[[], None] | None = None) -> None:
         self._response = response
         self._content = response.content
         self._closed = False
+        self._on_close = on_close
 
     async def read(self) -> bytes:
         """Everything received since the last read (any framing); ``b""`` at the end."""
@@ -70,6 +72,20 @@ class UpstreamStream:
             self._response.release()
         else:
             self._response.close()
+        if self._on_close is not None:
+            self._on_close()
+
+
+class Upstream(Protocol):
+    """What the relay needs of an upstream: open a stream; be started and closed with the app."""
+
+    def start(self) -> None: ...
+
+    async def open_stream(
+        self, *, body: dict[str, Any], upstream_model: str, config: ModelConfig, request_id: str
+    ) -> UpstreamStream: ...
+
+    async def aclose(self) -> None: ...
 
 
 class UpstreamClient:
@@ -96,9 +112,18 @@ class UpstreamClient:
             self._session = aiohttp.ClientSession(connector=connector, trust_env=True, auto_decompress=False)
 
     async def open_stream(
-        self, *, body: dict[str, Any], upstream_model: str, config: ModelConfig, request_id: str
+        self,
+        *,
+        body: dict[str, Any],
+        upstream_model: str,
+        config: ModelConfig,
+        request_id: str,
+        on_close: Callable[[], None] | None = None,
     ) -> UpstreamStream:
-        """Send the request and wait for the response headers. Raises an UpstreamError."""
+        """Send the request and wait for the response headers. Raises an UpstreamError.
+
+        ``on_close`` runs once the stream is closed (not if this raises).
+        """
         self.start()
         assert self._session is not None
         payload = orjson.dumps(
@@ -116,7 +141,7 @@ class UpstreamClient:
             raise UpstreamUnavailable(f"cannot reach upstream: {type(exc).__name__}") from exc
         if response.status >= 400:
             raise await _status_error(response, config)
-        return UpstreamStream(response)
+        return UpstreamStream(response, on_close)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -146,6 +171,10 @@ def _upstream_message(body: bytes) -> str:
         return str(error["message"])
     if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
         return str(parsed["message"])
+    detail = parsed.get("detail") if isinstance(parsed, dict) else None
+    if detail:
+        # FastAPI-based servers (vLLM, llama-cpp-python): a string, or a list of field errors.
+        return str(detail)[:500]
     return "no details"
 
 

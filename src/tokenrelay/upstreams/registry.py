@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 from tokenrelay.config import ModelConfig
-from tokenrelay.upstreams.openai_compat import UpstreamClient
+from tokenrelay.upstreams.openai_compat import Upstream, UpstreamClient
 
 
 class Upstreams:
-    """Creates clients on first use and closes them all at shutdown."""
+    """Creates clients on first use and closes them all at shutdown.
 
-    def __init__(self, *, max_connections: int, url_overrides: dict[str, str] | None = None) -> None:
+    ``url_overrides`` maps a ``builtin:`` base URL to where that server listens (the embedded
+    simulator); ``builtins`` maps one to an upstream object of its own (the local model).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        url_overrides: dict[str, str] | None = None,
+        builtins: dict[str, Upstream] | None = None,
+    ) -> None:
         self._max_connections = max_connections
         self._url_overrides = url_overrides or {}
+        self._builtins = builtins or {}
         self._clients: dict[tuple[str, str | None], UpstreamClient] = {}
 
-    def client_for(self, model: ModelConfig) -> UpstreamClient:
+    def client_for(self, model: ModelConfig) -> Upstream:
         """The client serving ``model`` (created once, then reused)."""
+        builtin = self._builtins.get(model.base_url)
+        if builtin is not None:
+            return builtin
         base_url = self._url_overrides.get(model.base_url, model.base_url)
         api_key = model.api_key()
         key = (base_url, api_key)
@@ -27,6 +41,7 @@ class Upstreams:
 
     async def aclose(self) -> None:
         """Close every connection pool."""
-        clients, self._clients = list(self._clients.values()), {}
+        clients: list[Upstream] = [*self._clients.values(), *self._builtins.values()]
+        self._clients, self._builtins = {}, {}
         for client in clients:
             await client.aclose()
