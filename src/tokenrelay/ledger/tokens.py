@@ -9,17 +9,22 @@ when that fails the counter says so in the log once and falls back to the bundle
 
 Encodings are loaded at start-up in a worker thread and counting runs in worker threads too:
 both are CPU work that must not stall the event loop.
+
+A model whose ``tokenizer_encoding`` is ``"model"`` (the local model) is counted exactly, by
+its own tokenizer and chat template, through the function registered with
+``use_model_tokenizer``; if that fails, tiktoken's estimate stands in and says so in the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import tiktoken
 
+from tokenrelay.config import MODEL_TOKENIZER
 from tokenrelay.ledger.record import StreamRecord, UsageSource
 
 log = logging.getLogger(__name__)
@@ -48,17 +53,26 @@ def _message_text(message: dict[str, Any]) -> str:
     return f"{message.get('role', '')}{message.get('name', '')}{text}"
 
 
+ModelTokenizer = Callable[[list[dict[str, Any]], str], tuple[int, int]]
+
+
 class TokenCounter:
     """tiktoken encodings by name, loaded once; thread-safe counting."""
 
     def __init__(self) -> None:
         self._encodings: dict[str, tiktoken.Encoding] = {}
+        self._model_tokenizer: ModelTokenizer | None = None
+        self._model_tokenizer_failed = False
+
+    def use_model_tokenizer(self, count: ModelTokenizer) -> None:
+        """Count ``tokenizer_encoding = "model"`` streams with ``count(messages, completion)``."""
+        self._model_tokenizer = count
 
     async def load(self, names: Iterable[str], *, timeout_seconds: float = 15.0) -> None:
         """Load every named encoding (off the event loop), falling back to the bundled one."""
         if BUNDLED_ENCODING not in self._encodings:
             self._encodings[BUNDLED_ENCODING] = await asyncio.to_thread(_load, BUNDLED_ENCODING)
-        for name in set(names) - self._encodings.keys():
+        for name in set(names) - self._encodings.keys() - {MODEL_TOKENIZER}:
             try:
                 self._encodings[name] = await asyncio.wait_for(
                     asyncio.to_thread(_load, name), timeout_seconds
@@ -88,6 +102,20 @@ class TokenCounter:
         """Fill in usage the upstream never reported (blocking: call it in a worker thread)."""
         if record.usage_source is not None:
             return
+        if record.tokenizer_encoding == MODEL_TOKENIZER and self._model_tokenizer is not None:
+            try:
+                record.prompt_tokens, record.completion_tokens = self._model_tokenizer(
+                    record.messages, record.completion_text()
+                )
+                record.usage_source = UsageSource.TOKENIZER
+                return
+            except Exception as exc:  # the model's process is restarting, say: estimate instead
+                if not self._model_tokenizer_failed:
+                    log.warning(
+                        "the model's tokenizer did not answer; estimating with tiktoken",
+                        extra={"error": f"{type(exc).__name__}: {exc}"},
+                    )
+                self._model_tokenizer_failed = True
         record.prompt_tokens = self.count_prompt(record.messages, record.tokenizer_encoding)
         record.completion_tokens = self.count_text(record.completion_text(), record.tokenizer_encoding)
         record.usage_source = UsageSource.ESTIMATED

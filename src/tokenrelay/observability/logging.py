@@ -63,6 +63,8 @@ def configure_logging(*, level: str, fmt: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # httpx logs every request at INFO (the local model's token counts, once per stream).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def log_stream_end(record: StreamRecord) -> None:
