@@ -25,7 +25,8 @@ ARTIFACT_DIR = ROOT / "build" / "artifacts"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
-def _missing(*needs: tuple[bool, str]) -> None:
+def missing(*needs: tuple[bool, str]) -> None:
+    """Skip (or, in CI, fail) when a tool the test needs is absent."""
     absent = [what for ok, what in needs if not ok]
     if not absent:
         return
@@ -35,9 +36,10 @@ def _missing(*needs: tuple[bool, str]) -> None:
     pytest.skip(message)
 
 
-def _node_test(directory: Path, env: dict[str, str], timeout: float) -> None:
+def node_test(directory: Path, env: dict[str, str], timeout: float, *files: str) -> None:
+    """Run node's test runner in ``directory`` (on ``files``, or all tests); all must pass."""
     done = subprocess.run(
-        ["node", "--test", "--test-reporter=spec"],
+        ["node", "--test", "--test-reporter=spec", *files],
         cwd=directory,
         env={**os.environ, **env},
         capture_output=True,
@@ -49,16 +51,21 @@ def _node_test(directory: Path, env: dict[str, str], timeout: float) -> None:
     assert re.search(r"\bpass [1-9]", done.stdout) and re.search(r"\bfail 0\b", done.stdout), done.stdout
 
 
-@pytest.mark.timeout(180)
-def test_chat_page_in_chromium(gateway: Gateway, sim: Sim) -> None:
-    _missing(
+def needs_browser() -> None:
+    """Node, chromium and playwright-core, or skip (fail in CI)."""
+    missing(
         (shutil.which("node") is not None, "node"),
         (Path(CHROMIUM).exists(), "chromium"),
         ((BROWSER_TESTS / "node_modules" / "playwright-core").exists(), "npm ci in tests/browser"),
     )
+
+
+@pytest.mark.timeout(180)
+def test_chat_page_in_chromium(gateway: Gateway, sim: Sim) -> None:
+    needs_browser()
     screenshot = ARTIFACT_DIR / "chat-page.png"
     screenshot.unlink(missing_ok=True)
-    _node_test(
+    node_test(
         BROWSER_TESTS,
         {
             "TOKENRELAY_URL": gateway.url,
@@ -73,5 +80,5 @@ def test_chat_page_in_chromium(gateway: Gateway, sim: Sim) -> None:
 
 @pytest.mark.timeout(120)
 def test_js_client_unit_and_live_gateway(gateway: Gateway) -> None:
-    _missing((shutil.which("node") is not None, "node"))
-    _node_test(JS_CLIENT, {"TOKENRELAY_TEST_URL": gateway.url, "TOKENRELAY_TEST_MODEL": "fast"}, timeout=110)
+    missing((shutil.which("node") is not None, "node"))
+    node_test(JS_CLIENT, {"TOKENRELAY_TEST_URL": gateway.url, "TOKENRELAY_TEST_MODEL": "fast"}, timeout=110)

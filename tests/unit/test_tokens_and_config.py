@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import tiktoken
 
-from tokenrelay.config import BUILTIN_SIM_URL, load_settings
+from tokenrelay.config import BUILTIN_LOCAL_URL, BUILTIN_SIM_URL, MODEL_TOKENIZER, load_settings
 from tokenrelay.ledger.record import StreamRecord, UsageSource
 from tokenrelay.ledger.tokens import TokenCounter
+from tokenrelay.local.discovery import bundled_model_path, unavailable_reason
 
 
 async def test_bundled_encoding_loads_without_network(
@@ -65,11 +66,28 @@ async def test_estimate_fills_usage_from_messages_and_completion() -> None:
     assert record.prompt_tokens == 99
 
 
-def test_default_settings_serve_the_simulator_without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_settings_without_keys_serve_the_local_model_and_the_simulator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     settings = load_settings()
-    assert settings.default_model == "tokenrelay-sim"
     assert settings.models["tokenrelay-sim"].base_url == BUILTIN_SIM_URL
+    if unavailable_reason(bundled_model_path()) is None:
+        assert settings.default_model == "local"
+        assert settings.models["local"].base_url == BUILTIN_LOCAL_URL
+        assert settings.models["local"].tokenizer_encoding == MODEL_TOKENIZER
+    else:
+        assert settings.default_model == "tokenrelay-sim"
+
+
+def test_local_model_can_be_turned_off_or_demanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("TOKENRELAY_LOCAL_MODEL__ENABLED", "false")
+    assert list(load_settings().models) == ["tokenrelay-sim"]
+    monkeypatch.setenv("TOKENRELAY_LOCAL_MODEL__ENABLED", "true")
+    monkeypatch.setenv("TOKENRELAY_LOCAL_MODEL_PATH", str(tmp_path / "missing.gguf"))
+    with pytest.raises(ValueError, match="model file not found"):
+        load_settings()
 
 
 def test_openai_models_appear_when_the_key_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,3 +126,44 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
     config.write_text("keepalive_seconds = -1\n")
     with pytest.raises(ValueError, match="keepalive_seconds"):
         load_settings(config)
+
+
+async def test_model_tokenizer_counts_exactly_and_falls_back_to_an_estimate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    counter = TokenCounter()
+    await counter.load([MODEL_TOKENIZER])
+    answers: list[tuple[int, int] | Exception] = [(37, 5), ConnectionError("restarting")]
+
+    def model_tokenizer(messages: list[dict[str, object]], completion: str) -> tuple[int, int]:
+        assert messages == [{"role": "user", "content": "Hi"}] and completion == "Hello!"
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    counter.use_model_tokenizer(model_tokenizer)
+
+    def record() -> StreamRecord:
+        return StreamRecord(
+            stream_id="s",
+            request_id="r",
+            model="local",
+            upstream_model="local",
+            messages=[{"role": "user", "content": "Hi"}],
+            tokenizer_encoding=MODEL_TOKENIZER,
+            started_at=datetime.now(UTC),
+            started_mono=0.0,
+            completion_parts=["Hello!"],
+        )
+
+    exact, fallback = record(), record()
+    counter.estimate(exact)
+    assert (exact.prompt_tokens, exact.completion_tokens, exact.usage_source) == (
+        37,
+        5,
+        UsageSource.TOKENIZER,
+    )
+    counter.estimate(fallback)
+    assert fallback.usage_source is UsageSource.ESTIMATED and fallback.completion_tokens == 2
+    assert "the model's tokenizer did not answer" in caplog.text
