@@ -1119,6 +1119,7 @@ class Results:
     rows_in_spool: dict[str, int] = field(default_factory=dict)
     sent: dict[str, int] = field(default_factory=dict)  # gateway -> streams started through it
     rows_bench: dict[str, Any] | None = None  # bench/ledger_rows.py
+    local_bench: dict[str, Any] | None = None  # bench/local_model.py
     clients_bench: dict[str, Any] | None = None  # bench/upstream_clients.py
     wakeup: list[Wakeup] = field(default_factory=list)
     oversleep: list[float] = field(default_factory=list)
@@ -1133,13 +1134,14 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def micro_benchmark(script: str, args: list[str], workdir: Path, results: Results) -> dict[str, Any] | None:
-    """Run ``bench/<script>`` on the gateway core with this checkout's ``src``; its JSON, or None."""
+def micro_benchmark(
+    script: str, args: list[str], workdir: Path, results: Results, *, pinned: bool = True
+) -> dict[str, Any] | None:
+    """Run ``bench/<script>`` (on the gateway core if ``pinned``) with this checkout's ``src``;
+    its JSON, or None."""
     out = workdir / f"{Path(script).stem}.json"
     argv = [
-        "taskset",
-        "-c",
-        str(GATEWAY_CORE),
+        *(["taskset", "-c", str(GATEWAY_CORE)] if pinned else []),
         PYTHON,
         str(ROOT / "bench" / script),
         *args,
@@ -1336,6 +1338,23 @@ async def measure(targets: dict[str, Target], sim: Child, results: Results, work
                 origin = results.rows_bench.get("tokenrelay_file", "")
                 if not origin.startswith(str(ROOT / "src")):
                     results.notes.append(f"`bench/ledger_rows.py` imported tokenrelay from {origin}")
+
+        # 8: the local model (its own gateway and model process; not pinned: the model needs a
+        # core of its own, as it would have in use).
+        from tokenrelay.local.discovery import bundled_model_path, unavailable_reason
+
+        reason = unavailable_reason(bundled_model_path())
+        if reason is None:
+            results.local_bench = await asyncio.to_thread(
+                micro_benchmark,
+                "local_model.py",
+                ["--rounds", "10" if p.name == "full" else "3"],
+                workdir,
+                results,
+                pinned=False,
+            )
+        else:
+            results.notes.append(f"local model not measured: {reason}")
 
         if p.tutorial_everything:
             for concurrency in p.tput_concurrency:
@@ -2604,6 +2623,62 @@ def render_clients(r: Results) -> list[str]:
     return [*out, ""]
 
 
+def render_local(r: Results) -> list[str]:
+    b = r.local_bench
+    if not b:
+        return []
+    out = ["## 8. The local model", ""]
+    out.append(
+        f"`bench/local_model.py`: a gateway whose model is the local one (SmolLM2-135M Q4_1, "
+        f"llama.cpp, 1 thread, not pinned), {b['rounds']} rounds alternating a greedy 64-token answer "
+        "streamed from the model's own server (`/v1/chat/completions` of the child process) and one "
+        "through the gateway's `/v1/chat/completions`, each round a new question (no cached prompt). "
+        "TTFT: request sent to first content; decode: (64 - 1) tokens over first to last content."
+    )
+    out.append("")
+    rows = []
+    for way in ("direct", "gateway"):
+        d = b[way]
+        rows.append(
+            [
+                "model server directly" if way == "direct" else "**through tokenrelay**",
+                f"{d['ttft_ms_p50']:.1f}",
+                f"{d['ttft_ms_min']:.1f}-{d['ttft_ms_max']:.1f}",
+                f"{d['decode_tokens_per_s_p50']:.1f}",
+            ]
+        )
+    out += table(["Path", "TTFT p50 (ms)", "TTFT range (ms)", "Decode tokens/s p50"], rows)
+    ratio_ttft = b["gateway"]["ttft_ms_p50"] / b["direct"]["ttft_ms_p50"]
+    ratio_tps = b["gateway"]["decode_tokens_per_s_p50"] / b["direct"]["decode_tokens_per_s_p50"]
+    out += ["", f"Through tokenrelay: TTFT x{ratio_ttft:.2f}, decode speed x{ratio_tps:.2f} of direct.", ""]
+    out.append(
+        "CPU of the model's process (cores, median of 3 trials) while it generates a long answer and "
+        "in windows after the client closed its connection (20 deltas read first):"
+    )
+    out.append("")
+    keys = [k for k in b["gateway_disconnect"] if k != "busy_cores"]
+    header = [
+        "Client",
+        "generating",
+        *[k.removeprefix("after_").removesuffix("s_cores").replace("_", "-") + " s after" for k in keys],
+    ]
+    crow = []
+    for way in ("direct", "gateway"):
+        d = b[f"{way}_disconnect"]
+        crow.append(
+            [
+                "closes its connection to the model server"
+                if way == "direct"
+                else "**closes its connection to tokenrelay**",
+                f"{d['busy_cores']:.2f}",
+                *[f"{d[k]:.2f}" for k in keys],
+            ]
+        )
+    out += table(header, crow)
+    out.append("")
+    return out
+
+
 def render(r: Results) -> str:
     p = r.profile
     out: list[str] = ["# Benchmarks", ""]
@@ -2630,6 +2705,7 @@ def render(r: Results) -> str:
     out += render_ledger(r)
     out += render_rows_bench(r)
     out += render_clients(r)
+    out += render_local(r)
     observations = observe(r)
     if observations:
         out += ["## Observations", ""] + [f"- {o}" for o in observations] + [""]
@@ -2643,6 +2719,7 @@ def render(r: Results) -> str:
         ".venv/bin/python bench/run.py --quick   # ~2 min, smaller samples",
         ".venv/bin/python bench/ledger_rows.py       # section 6 alone",
         ".venv/bin/python bench/upstream_clients.py  # section 7 alone (starts its own simulator)",
+        ".venv/bin/python bench/local_model.py       # section 8 alone (starts its own gateway)",
         "```",
         "",
         "Needs `taskset` and at least 2 cores; binds only 127.0.0.1; PostgreSQL at "

@@ -138,13 +138,15 @@ def _answer(
     return 0, result.text
 
 
+_USAGE_SOURCES = {"tokenizer": "model tokenizer", "estimated": "estimated by tokenrelay"}
+
+
 def _usage_line(result: ChatResult) -> str:
     parts = []
     if result.usage is not None:
         usage = result.usage
-        parts.append(
-            f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens ({usage.source})"
-        )
+        source = _USAGE_SOURCES.get(usage.source, usage.source)
+        parts.append(f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens ({source})")
     if result.time_to_first_token is not None:
         parts.append(f"first token {result.time_to_first_token * 1000:.0f} ms")
     parts.append(f"{result.duration:.2f} s")

@@ -58,7 +58,8 @@ import { SSEParser } from './sse.js';
  * @property {number} prompt_tokens
  * @property {number} completion_tokens
  * @property {number} total_tokens
- * @property {string} source "upstream" (the provider's counts) or "estimated" (the gateway's)
+ * @property {string} source "upstream" (the provider's counts), "estimated" (the gateway's, with tiktoken) or
+ *   "tokenizer" (the gateway's, with the model's own tokenizer: the local model)
  */
 
 /** @typedef {{type: 'usage'} & Usage} UsageEvent */

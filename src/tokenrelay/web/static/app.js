@@ -169,7 +169,10 @@ function describeAnswer(state, usage, firstTokenMs, totalMs) {
   const parts = [];
   if (state === "stopped") parts.push("stopped");
   if (usage) {
-    const how = usage.source === "estimated" ? ", counted by tokenrelay" : "";
+    const how =
+      usage.source === "estimated" ? ", estimated by tokenrelay"
+      : usage.source === "tokenizer" ? ", counted with the model's tokenizer"
+      : "";
     parts.push(`${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion tokens${how}`);
   }
   if (firstTokenMs !== null) parts.push(`first token ${Math.round(firstTokenMs)} ms`);
