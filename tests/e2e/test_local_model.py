@@ -113,6 +113,7 @@ async def test_streams_and_counts_usage_with_the_models_tokenizer(local_gateway:
 
     (row,) = await local_gateway.ledger_rows(rid)
     assert (row["status"], row["usage_source"]) == ("completed", "tokenizer")
+    assert psutil.Process(local_health(local_gateway)["pid"]).nice() == 5, "below the gateway's priority"
     assert (row["prompt_tokens"], row["completion_tokens"]) == (
         usage["prompt_tokens"],
         usage["completion_tokens"],

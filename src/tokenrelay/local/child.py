@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import ctypes
+import os
 import signal
 import sys
 from typing import Any, cast
@@ -145,8 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--context", type=int, required=True)
+    parser.add_argument("--nice", type=int, default=0)
     args = parser.parse_args(argv)
     _die_with_parent()
+    # Below the gateway's priority: relaying tokens must not wait behind generating them. Set
+    # before llama.cpp starts its threads, which inherit it (on Linux, nice is per thread).
+    os.nice(args.nice)
 
     import uvicorn
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import sys
 import time
@@ -129,9 +128,6 @@ class LocalModelServer:
             start_new_session=True,
         )
         self.pid = self._process.pid
-        # Below the gateway's priority: relaying tokens must not wait behind generating them.
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, self._process.pid, self._settings.nice)
         assert self._process.stdout is not None
         pump = asyncio.create_task(_pump_lines(self._process.stdout))
         exited = asyncio.create_task(self._process.wait())
@@ -166,6 +162,8 @@ class LocalModelServer:
             str(self._settings.threads),
             "--context",
             str(self._settings.context_tokens),
+            "--nice",
+            str(self._settings.nice),
         ]
 
     async def _wait_healthy(self, exited: asyncio.Task[int]) -> bool:
