@@ -18,12 +18,14 @@ from types import FrameType
 from typing import Any
 
 from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
 
 from tokenrelay.api.errors import install_error_handlers
 from tokenrelay.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from tokenrelay.api.routes import router, stream_routes
 from tokenrelay.config import BUILTIN_LOCAL_URL, BUILTIN_SIM_URL, Settings, load_settings
 from tokenrelay.ledger.db import create_engine
+from tokenrelay.ledger.record import StreamRecord
 from tokenrelay.ledger.spool import Spool
 from tokenrelay.ledger.store import LedgerStore
 from tokenrelay.ledger.tokens import TokenCounter
@@ -32,6 +34,8 @@ from tokenrelay.local.discovery import unavailable_reason
 from tokenrelay.local.supervisor import LocalModelServer
 from tokenrelay.local.upstream import LocalTokenizer, LocalUpstream
 from tokenrelay.observability.logging import configure_logging, log_stream_end
+from tokenrelay.observability.metrics import Metrics
+from tokenrelay.observability.tracing import Tracing, otlp_tracer_provider, tracing_requested
 from tokenrelay.relay.lifecycle import DrainCoordinator, RelayRuntime
 from tokenrelay.sim.embedded import EmbeddedSim
 from tokenrelay.upstreams.openai_compat import Upstream
@@ -43,8 +47,12 @@ log = logging.getLogger(__name__)
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """A gateway app for ``settings``; its resources live exactly as long as its lifespan."""
+def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = None) -> FastAPI:
+    """A gateway app for ``settings``; its resources live exactly as long as its lifespan.
+
+    Tracing is on with ``tracer_provider``, or when the ``OTEL_EXPORTER_OTLP_*`` variables ask
+    for it (the provider then exports over OTLP/HTTP).
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,6 +63,15 @@ def create_app(settings: Settings) -> FastAPI:
                 url_overrides[BUILTIN_SIM_URL] = await asyncio.to_thread(sim.start)
                 stack.callback(sim.stop)
                 log.info("simulated upstream ready", extra={"base_url": url_overrides[BUILTIN_SIM_URL]})
+
+            metrics = Metrics() if settings.metrics_enabled else None
+            if metrics is not None:
+                stack.callback(metrics.close)
+
+            tracing = None
+            if tracer_provider is not None or tracing_requested():
+                tracing = Tracing(tracer_provider or otlp_tracer_provider())
+                stack.callback(tracing.close)
 
             counter = TokenCounter()
             await counter.load(m.tokenizer_encoding for m in settings.models.values())
@@ -69,7 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
                 engine = create_engine(settings.ledger)
                 stack.push_async_callback(engine.dispose)
                 spool = Spool(settings.ledger.spool_dir, min_free_bytes=settings.ledger.spool_min_free_bytes)
-                store = LedgerStore(engine=engine, spool=spool, settings=settings.ledger)
+                store = LedgerStore(engine=engine, spool=spool, settings=settings.ledger, metrics=metrics)
                 await store.start()
                 stack.push_async_callback(store.close)
             writer = LedgerWriter(
@@ -77,7 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
                 counter=counter,
                 batch_max_rows=settings.ledger.batch_max_rows,
                 batch_max_seconds=settings.ledger.batch_max_seconds,
-                on_finished=log_stream_end,
+                on_finished=log_stream_end if metrics is None else _log_and_count(metrics),
             )
             await writer.start()
             stack.push_async_callback(writer.close)
@@ -97,7 +114,15 @@ def create_app(settings: Settings) -> FastAPI:
             stack.callback(drain.stop_all)
             stack.enter_context(_drain_on_signals(drain))
 
-            app.state.runtime = RelayRuntime(settings=settings, ledger=writer, counter=counter, drain=drain)
+            app.state.runtime = RelayRuntime(
+                settings=settings,
+                ledger=writer,
+                counter=counter,
+                drain=drain,
+                metrics=metrics,
+                tracing=tracing,
+            )
+            app.state.metrics = metrics
             app.state.upstreams = upstreams
             app.state.local_model = local
             app.state.engine = engine
@@ -120,6 +145,16 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _log_and_count(metrics: Metrics) -> Callable[[StreamRecord], None]:
+    """The per-stream log line and metrics, from the same finished record."""
+
+    def finished(record: StreamRecord) -> None:
+        log_stream_end(record)
+        metrics.stream_finished(record)
+
+    return finished
 
 
 async def _start_local_model(

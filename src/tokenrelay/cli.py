@@ -1,11 +1,13 @@
-"""``tokenrelay`` command line: serve, sim, migrate, chat."""
+"""``tokenrelay`` command line: serve, sim, migrate, chat, top."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,19 +32,34 @@ def _serve(args: argparse.Namespace) -> int:
     # process then exit 0 after a graceful drain instead of dying by that signal.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
-    uvicorn.run(
-        "tokenrelay.app:create_app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_config=None,
-        access_log=False,
-        timeout_keep_alive=30,
-        # Streams end by themselves after drain_seconds; this is only the last resort.
-        timeout_graceful_shutdown=int(settings.drain_seconds) + 10,
-    )
+    metrics_dir = _multiprocess_metrics_dir(settings.workers)
+    try:
+        uvicorn.run(
+            "tokenrelay.app:create_app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_config=None,
+            access_log=False,
+            timeout_keep_alive=30,
+            # Streams end by themselves after drain_seconds; this is only the last resort.
+            timeout_graceful_shutdown=int(settings.drain_seconds) + 10,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _multiprocess_metrics_dir(workers: int) -> str | None:
+    """With several workers, a fresh directory where they share their metrics (made here)."""
+    if workers < 2 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None
+    path = tempfile.mkdtemp(prefix="tokenrelay-metrics-")
+    # Set before the workers start: prometheus-client picks its storage when it is imported.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -153,6 +170,13 @@ def _usage_line(result: ChatResult) -> str:
     return "[" + " · ".join(parts) + "]"
 
 
+def _top(args: argparse.Namespace) -> int:
+    from tokenrelay.top import run
+
+    url = (args.url or os.environ.get("TOKENRELAY_URL") or "http://127.0.0.1:8000").rstrip("/")
+    return run(url, args.interval, args.once)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="tokenrelay", description="LLM streaming gateway")
@@ -189,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--request-id", help="X-Request-ID to send (for tracing)")
     chat.add_argument("--no-usage", action="store_true", help="do not print usage at the end")
     chat.set_defaults(handler=_chat)
+
+    top = commands.add_parser("top", help="a live view of a running gateway (from its /metrics)")
+    top.add_argument("--url", help="the gateway (default $TOKENRELAY_URL or http://127.0.0.1:8000)")
+    top.add_argument("--interval", type=float, default=2.0, help="seconds between updates (default 2)")
+    top.add_argument("--once", action="store_true", help="print one update and exit")
+    top.set_defaults(handler=_top)
     return parser
 
 

@@ -149,6 +149,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     # The chat page at `/`; an API-only deployment may turn it off.
     web_page: bool = True
+    # Prometheus metrics at `/metrics`.
+    metrics_enabled: bool = True
     upstream_max_connections: int = Field(default=1000, ge=1)
 
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)

@@ -85,12 +85,21 @@ class UpstreamError(TokenRelayError):
     status_code = 502
     error_type = "upstream_error"
     code = "upstream_error"
+    # The failure class in metrics: rate_limited, rejected, server_error, connection, timeout,
+    # mid_stream_drop, mid_stream_error, protocol, auth, other.
+    failure: str = "other"
+
+    def __init__(self, message: str, *, failure: str | None = None) -> None:
+        super().__init__(message)
+        if failure is not None:
+            self.failure = failure
 
 
 class UpstreamRateLimited(UpstreamError):
     status_code = 429
     error_type = "rate_limit_error"
     code = "upstream_rate_limited"
+    failure = "rate_limited"
 
     def __init__(self, message: str, *, retry_after: str | None = None) -> None:
         super().__init__(message)
@@ -105,6 +114,7 @@ class UpstreamRejected(UpstreamError):
 
     error_type = "invalid_request_error"
     code = "upstream_rejected"
+    failure = "rejected"
 
     def __init__(self, message: str, *, upstream_status: int) -> None:
         super().__init__(message)
@@ -117,16 +127,19 @@ class UpstreamRejected(UpstreamError):
 
 class UpstreamUnavailable(UpstreamError):
     code = "upstream_unavailable"
+    failure = "server_error"
 
 
 class UpstreamProtocolError(UpstreamError):
     code = "upstream_protocol_error"
+    failure = "protocol"
 
 
 class UpstreamTimeout(UpstreamError):
     status_code = 504
     error_type = "timeout_error"
     code = "upstream_timeout"
+    failure = "timeout"
 
 
 class StreamShutdown(ServiceUnavailable):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from datetime import UTC, datetime
@@ -9,6 +10,7 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -19,6 +21,7 @@ from tokenrelay.ledger.db import is_reachable
 from tokenrelay.ledger.record import StreamRecord
 from tokenrelay.ledger.store import LedgerStore
 from tokenrelay.local.upstream import LocalUpstream
+from tokenrelay.observability.metrics import CONTENT_TYPE, Metrics
 from tokenrelay.relay.lifecycle import RelayRuntime, StreamRelay
 from tokenrelay.relay.protocols import ChatEvents, OpenAIChunks, OpenAICompletion, WireProtocol
 
@@ -116,6 +119,19 @@ async def list_models(request: Request) -> dict[str, Any]:
 @router.get("/healthz", summary="The process is alive")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """The Prometheus text format; 404 when ``metrics_enabled`` is off."""
+    collected: Metrics | None = request.app.state.metrics
+    if collected is None:
+        raise HTTPException(404, "metrics are turned off (metrics_enabled = false)")
+    if collected.multiprocess_dir is None:
+        body = collected.exposition()
+    else:
+        body = await asyncio.to_thread(collected.exposition)  # reads every worker's files
+    return Response(body, media_type=CONTENT_TYPE)
 
 
 @router.get("/readyz", summary="Ready to serve: not draining, and usage rows have somewhere to go")

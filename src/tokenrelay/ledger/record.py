@@ -61,6 +61,8 @@ class StreamRecord:
     status: StreamStatus | None = None
     error_code: str | None = None
     error_class: str | None = None
+    # The upstream failure class (metrics only, not stored): see errors.UpstreamError.failure.
+    upstream_failure: str | None = None
     disconnect_phase: DisconnectPhase | None = None
 
     @property

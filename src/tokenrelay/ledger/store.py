@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Insert
 from sqlalchemy import exc as sa_exc
@@ -28,6 +28,9 @@ from tokenrelay.config import LedgerSettings
 from tokenrelay.ledger.db import prepare_schema
 from tokenrelay.ledger.spool import ClaimedSegment, Spool, SpoolUnavailable
 from tokenrelay.ledger.writer import insert_ignoring_duplicates
+
+if TYPE_CHECKING:
+    from tokenrelay.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,10 @@ def rejects_the_row(exc: BaseException) -> bool:
 class LedgerStore:
     """The database with the spool as its fallback, and the replayer between them."""
 
-    def __init__(self, *, engine: AsyncEngine, spool: Spool, settings: LedgerSettings) -> None:
+    def __init__(
+        self, *, engine: AsyncEngine, spool: Spool, settings: LedgerSettings, metrics: Metrics | None = None
+    ) -> None:
+        self._metrics = metrics
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._insert: Insert = insert_ignoring_duplicates(engine.dialect.name)
@@ -61,7 +67,7 @@ class LedgerStore:
         self._replay_needed = asyncio.Event()
         self._replayer: asyncio.Task[None] | None = None
         self.spool_error: str | None = None
-        self.pending_spooled_rows = 0
+        self._pending_spooled_rows = 0
         self.rows_written = 0
         self.rows_spooled = 0
         self.rows_dead_lettered = 0
@@ -101,6 +107,17 @@ class LedgerStore:
                     extra={"rows": self.pending_spooled_rows, "error": repr(exc)},
                 )
         await asyncio.to_thread(self._spool.close)
+
+    @property
+    def pending_spooled_rows(self) -> int:
+        """Rows in the spool, waiting for the database."""
+        return self._pending_spooled_rows
+
+    @pending_spooled_rows.setter
+    def pending_spooled_rows(self, rows: int) -> None:
+        self._pending_spooled_rows = rows
+        if self._metrics is not None:
+            self._metrics.ledger_spooled_rows.set(rows)
 
     def health(self) -> dict[str, Any]:
         """What /readyz reports about the ledger."""
@@ -149,6 +166,8 @@ class LedgerStore:
                     self._lost_database(exc)
                     return rows[index:]
                 self.rows_dead_lettered += 1
+                if self._metrics is not None:
+                    self._metrics.ledger_rows_dead_lettered.inc()
                 log.error(
                     "ledger row refused by the database; kept in the dead-letter file",
                     extra={
@@ -166,6 +185,8 @@ class LedgerStore:
         except OSError as exc:
             # Nowhere left to keep them: say so loudly, with every request id.
             self.write_failures += len(rows)
+            if self._metrics is not None:
+                self._metrics.ledger_write_failures.inc(len(rows))
             self.spool_error = f"spool append failed: {exc}"
             log.error(
                 "ledger rows lost: database unreachable and spool unwritable",

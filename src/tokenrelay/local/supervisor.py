@@ -74,7 +74,9 @@ class LocalModelServer:
             try:
                 await asyncio.wait_for(self._ready.wait(), self._settings.load_timeout_seconds)
             except TimeoutError:
-                raise UpstreamUnavailable(f"the local model is not ready ({self.state})") from None
+                raise UpstreamUnavailable(
+                    f"the local model is not ready ({self.state})", failure="connection"
+                ) from None
         return self.base_url
 
     async def aclose(self) -> None:

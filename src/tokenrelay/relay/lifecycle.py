@@ -41,6 +41,8 @@ from tokenrelay.errors import (
 from tokenrelay.ledger.record import DisconnectPhase, StreamRecord, StreamStatus
 from tokenrelay.ledger.tokens import TokenCounter
 from tokenrelay.ledger.writer import LedgerWriter
+from tokenrelay.observability.metrics import Metrics
+from tokenrelay.observability.tracing import StreamSpan, Tracing
 from tokenrelay.relay.protocols import PING, WireProtocol
 from tokenrelay.sse import SSEDecoder
 from tokenrelay.upstreams.openai_compat import Upstream, UpstreamStream
@@ -70,6 +72,8 @@ class RelayRuntime:
     ledger: LedgerWriter
     counter: TokenCounter
     drain: DrainCoordinator
+    metrics: Metrics | None = None
+    tracing: Tracing | None = None
 
 
 class DrainCoordinator:
@@ -145,24 +149,39 @@ class StreamRelay(Response):
         self._keepalive = runtime.settings.keepalive_seconds if protocol.streaming else float("inf")
         self._timer: asyncio.TimerHandle | None = None
         self._ping: asyncio.Future[None] | None = None
+        self._client_gone_at: float | None = None
+        self._span: StreamSpan | None = None
 
     # -- the lifecycle, top to bottom ------------------------------------------------------
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: ARG002
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._send = send
         self._runtime.drain.register(self)
+        if self._runtime.metrics is not None:
+            self._runtime.metrics.stream_started(self.record.model)
+        if self._runtime.tracing is not None:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            self._span = self._runtime.tracing.stream_span(
+                self.record, headers, type(self._protocol).__name__
+            )
         watcher = asyncio.ensure_future(self._watch_client(receive))
         self._on_timer()
         upstream: UpstreamStream | None = None
         try:
-            upstream = await self._race(
-                self._upstream.open_stream(
-                    body=self._body,
-                    upstream_model=self.record.upstream_model,
-                    config=self._model,
-                    request_id=self.record.request_id,
+            # The upstream call's span (if tracing) is a child of this stream's.
+            token = self._span.current() if self._span is not None else None
+            try:
+                upstream = await self._race(
+                    self._upstream.open_stream(
+                        body=self._body,
+                        upstream_model=self.record.upstream_model,
+                        config=self._model,
+                        request_id=self.record.request_id,
+                    )
                 )
-            )
+            finally:
+                if token is not None:
+                    StreamSpan.restore(token)
             await self._race(self._forward(upstream))
             await self._end_completed()
         except StreamStopped as stop:
@@ -219,7 +238,9 @@ class StreamRelay(Response):
                     raise UpstreamProtocolError("upstream sent a chunk that is not JSON") from exc
                 if "error" in chunk:
                     await self._flush_output()
-                    raise UpstreamProtocolError(f"upstream error mid-stream: {_error_message(chunk)}")
+                    raise UpstreamProtocolError(
+                        f"upstream error mid-stream: {_error_message(chunk)}", failure="mid_stream_error"
+                    )
                 record.chunk_count += 1
                 content = None
                 choices = chunk.get("choices")
@@ -233,6 +254,8 @@ class StreamRelay(Response):
                             if record.first_token_mono is None:
                                 record.first_token_mono = now
                                 self._first_output_at = self._first_output_at or now
+                                if self._span is not None:
+                                    self._span.first_token()
                         elif self._first_output_at is None and _is_progress(delta):
                             self._first_output_at = now
                     if choice.get("finish_reason"):
@@ -251,7 +274,9 @@ class StreamRelay(Response):
                 await asyncio.sleep(0)
                 yielded_at = clock()
         if record.finish_reason is None:
-            raise UpstreamProtocolError("upstream closed the stream before it finished")
+            raise UpstreamProtocolError(
+                "upstream closed the stream before it finished", failure="mid_stream_drop"
+            )
 
     async def _end_completed(self) -> None:
         record = self.record
@@ -269,6 +294,8 @@ class StreamRelay(Response):
                 if self.record.first_token_mono is None
                 else DisconnectPhase.MID_STREAM
             )
+            if self._span is not None:
+                self._span.client_disconnected(str(self.record.disconnect_phase))
             return  # nobody is listening
         assert stop.error is not None
         await self._end_with_error(stop.status, stop.error)
@@ -278,6 +305,10 @@ class StreamRelay(Response):
         record.status = status
         record.error_code = error.code
         record.error_class = type(error).__name__
+        if isinstance(error, UpstreamError):
+            record.upstream_failure = error.failure
+        if self._span is not None:
+            self._span.error(error.code, error.message)
         try:
             if self._started:
                 await self._send_last(self._protocol.encode_error(error))
@@ -314,11 +345,17 @@ class StreamRelay(Response):
         finally:
             # Reached even if this task is cancelled again during the awaits above.
             self._runtime.drain.unregister(self)
+            if self._runtime.metrics is not None:
+                gone = self._client_gone_at
+                aborted_in = time.monotonic() - gone if gone is not None else None
+                self._runtime.metrics.stream_relayed(record.model, aborted_in)
             if record.status is None:
                 # Our own task was cancelled (e.g. the server's graceful-shutdown timeout).
                 record.status = StreamStatus.SHUTDOWN
             record.finished_mono = time.monotonic()
             record.finished_at = datetime.now(UTC)
+            if self._span is not None:
+                self._span.end(record)
             self._runtime.ledger.submit(record)
 
     # -- racing phases against the stop signal ----------------------------------------------
@@ -348,6 +385,7 @@ class StreamRelay(Response):
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                self._client_gone_at = time.monotonic()
                 self.request_stop(StreamStatus.CLIENT_DISCONNECTED)
                 return
 
@@ -388,6 +426,8 @@ class StreamRelay(Response):
             held = bytes(self._held) + PING
             self._held.clear()
             await self._send_body(held)
+            if self._runtime.metrics is not None:
+                self._runtime.metrics.keepalive_pings.inc()
         except OSError:
             pass  # the client is gone; the disconnect watcher ends the stream
         finally:

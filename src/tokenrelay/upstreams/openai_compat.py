@@ -56,7 +56,7 @@ class UpstreamStream:
             return await self._content.readany()
         except aiohttp.ClientError as exc:
             raise UpstreamProtocolError(
-                f"upstream connection dropped mid-stream: {type(exc).__name__}"
+                f"upstream connection dropped mid-stream: {type(exc).__name__}", failure="mid_stream_drop"
             ) from exc
 
     async def aclose(self) -> None:
@@ -138,7 +138,9 @@ class UpstreamClient:
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout("upstream did not answer in time") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"cannot reach upstream: {type(exc).__name__}") from exc
+            raise UpstreamUnavailable(
+                f"cannot reach upstream: {type(exc).__name__}", failure="connection"
+            ) from exc
         if response.status >= 400:
             raise await _status_error(response, config)
         return UpstreamStream(response, on_close)
@@ -186,7 +188,9 @@ def status_error(status: int, message: str, retry_after: str | None) -> Upstream
         return UpstreamRejected(f"upstream rejected the request: {message}", upstream_status=status)
     if status in (401, 403):
         # The gateway's own upstream credentials are wrong: not something the client can fix.
-        return UpstreamUnavailable(f"upstream refused the gateway's credentials (HTTP {status})")
+        return UpstreamUnavailable(
+            f"upstream refused the gateway's credentials (HTTP {status})", failure="auth"
+        )
     if status in (408, 504):
         return UpstreamTimeout(f"upstream timed out (HTTP {status})")
     return UpstreamUnavailable(f"upstream failed with HTTP {status}: {message}")

@@ -1,0 +1,155 @@
+"""Prometheus metrics (prometheus-client), correct with ``--workers N``.
+
+Everything is recorded once per stream (at its start and its end), per keep-alive ping, and
+per ledger event: nothing per chunk. Labels are bounded: the model (from the configuration),
+the end status, the phase, the failure class, the usage source. Never a request id or a key.
+
+With several workers ``tokenrelay serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers
+start; prometheus-client then keeps values in memory-mapped files there and ``/metrics`` sums
+them over all workers (gauges: over the live ones).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+from tokenrelay.ledger.record import StreamRecord, StreamStatus
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# LLM latencies: a fast first token is 50 ms, a long answer two minutes.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# Client gone to upstream closed: milliseconds when it works, seconds when it does not.
+ABORT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+def upstream_failure(record: StreamRecord) -> str | None:
+    """The upstream failure class of a finished stream, or None if the upstream did not fail."""
+    if record.status not in (StreamStatus.UPSTREAM_ERROR, StreamStatus.TIMEOUT):
+        return None
+    return record.upstream_failure
+
+
+class Metrics:
+    """The gateway's metrics, in a registry of their own (one per app)."""
+
+    def __init__(self) -> None:
+        self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.streams_in_flight = Gauge(
+            "tokenrelay_streams_in_flight",
+            "Streams being relayed now",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.streams = Counter(
+            "tokenrelay_streams", "Streams finished, by end status", ["model", "status"], registry=r
+        )
+        self.ttft = Histogram(
+            "tokenrelay_time_to_first_token_seconds",
+            "From admission to the first content token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.duration = Histogram(
+            "tokenrelay_stream_duration_seconds",
+            "From admission to the end of the stream",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "tokenrelay_tokens",
+            "Tokens of finished streams, by kind (prompt, completion) and where the count came from",
+            ["model", "kind", "source"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "tokenrelay_upstream_errors",
+            "Upstream failures by class: rate_limited (429), server_error (5xx), timeout, connection, "
+            "mid_stream_drop, protocol, rejected (the upstream's 4xx), other",
+            ["model", "class"],
+            registry=r,
+        )
+        self.disconnects = Counter(
+            "tokenrelay_client_disconnects",
+            "Clients that left before their stream ended, by phase",
+            ["model", "phase"],
+            registry=r,
+        )
+        self.abort_latency = Histogram(
+            "tokenrelay_abort_latency_seconds",
+            "From noticing the client left to the upstream connection closed",
+            buckets=ABORT_BUCKETS,
+            registry=r,
+        )
+        self.keepalive_pings = Counter("tokenrelay_keepalive_pings", "Keep-alive pings sent", registry=r)
+        self.ledger_spooled_rows = Gauge(
+            "tokenrelay_ledger_spooled_rows",
+            "Usage rows waiting in the spool for the database",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.ledger_write_failures = Counter(
+            "tokenrelay_ledger_write_failures",
+            "Usage rows neither written nor spooled (lost; their request ids are in the log)",
+            registry=r,
+        )
+        self.ledger_rows_dead_lettered = Counter(
+            "tokenrelay_ledger_dead_lettered_rows",
+            "Usage rows the database refused, kept in the dead-letter file",
+            registry=r,
+        )
+
+    # -- recording -----------------------------------------------------------------------------
+
+    def stream_started(self, model: str) -> None:
+        """A stream was admitted."""
+        self.streams_in_flight.labels(model).inc()
+
+    def stream_relayed(self, model: str, abort_seconds: float | None) -> None:
+        """The stream's connections are closed (the ledger row and the counts come later)."""
+        self.streams_in_flight.labels(model).dec()
+        if abort_seconds is not None:
+            self.abort_latency.observe(abort_seconds)
+
+    def stream_finished(self, record: StreamRecord) -> None:
+        """A stream's outcome, once its usage is known (called by the ledger writer)."""
+        model = record.model
+        self.streams.labels(model, str(record.status)).inc()
+        if record.ttft_ms is not None:
+            self.ttft.labels(model).observe(record.ttft_ms / 1000)
+        if record.duration_ms is not None:
+            self.duration.labels(model).observe(record.duration_ms / 1000)
+        source = str(record.usage_source) if record.usage_source is not None else "none"
+        if record.prompt_tokens:
+            self.tokens.labels(model, "prompt", source).inc(record.prompt_tokens)
+        if record.completion_tokens:
+            self.tokens.labels(model, "completion", source).inc(record.completion_tokens)
+        if record.status is StreamStatus.CLIENT_DISCONNECTED and record.disconnect_phase is not None:
+            self.disconnects.labels(model, str(record.disconnect_phase)).inc()
+        failure = upstream_failure(record)
+        if failure is not None:
+            self.upstream_errors.labels(model, failure).inc()
+
+    # -- exposition ----------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The text format, summed over all workers in multiprocess mode (blocking file reads)."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """This worker is going away: its live gauges stop counting."""
+        if self.multiprocess_dir is not None:
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
