@@ -1120,6 +1120,7 @@ class Results:
     sent: dict[str, int] = field(default_factory=dict)  # gateway -> streams started through it
     rows_bench: dict[str, Any] | None = None  # bench/ledger_rows.py
     local_bench: dict[str, Any] | None = None  # bench/local_model.py
+    metrics_bench: dict[str, Any] | None = None  # bench/metrics_overhead.py
     clients_bench: dict[str, Any] | None = None  # bench/upstream_clients.py
     wakeup: list[Wakeup] = field(default_factory=list)
     oversleep: list[float] = field(default_factory=list)
@@ -1338,6 +1339,16 @@ async def measure(targets: dict[str, Target], sim: Child, results: Results, work
                 origin = results.rows_bench.get("tokenrelay_file", "")
                 if not origin.startswith(str(ROOT / "src")):
                     results.notes.append(f"`bench/ledger_rows.py` imported tokenrelay from {origin}")
+
+        # 9: metrics on vs off (its own simulator and gateways, which it pins itself).
+        results.metrics_bench = await asyncio.to_thread(
+            micro_benchmark,
+            "metrics_overhead.py",
+            ["--rounds", "6" if p.name == "full" else "2", "--seconds", "3" if p.name == "full" else "1"],
+            workdir,
+            results,
+            pinned=False,
+        )
 
         # 8: the local model (its own gateway and model process; not pinned: the model needs a
         # core of its own, as it would have in use).
@@ -2077,6 +2088,20 @@ def render_targets(r: Results) -> list[str]:
                 verdict(all_ok) + ("" if all_ok else f" ({len(over)} of {len(rows_a)} phases over)"),
             ]
         )
+    if r.metrics_bench:
+        for key, what in (
+            ("chunks_per_s", "chunk throughput"),
+            ("streams_per_s", "short streams per second"),
+        ):
+            ratio = r.metrics_bench[f"{key}_on_over_off"]
+            summary.append(
+                [
+                    f"Metrics on vs off, {what}, ledger off (section 9)",
+                    "gap < 3 %",
+                    f"x{ratio:.3f} (medians of {r.metrics_bench['rounds']} alternating rounds)",
+                    verdict(ratio > 0.97),
+                ]
+            )
     return ["## Targets", "", *table(["Measurement", "Target", "Result", "Verdict"], summary), ""]
 
 
@@ -2679,6 +2704,43 @@ def render_local(r: Results) -> list[str]:
     return out
 
 
+def render_metrics_overhead(r: Results) -> list[str]:
+    b = r.metrics_bench
+    if not b:
+        return []
+    out = ["## 9. What metrics cost", ""]
+    out.append(
+        "`bench/metrics_overhead.py`: two gateways pinned to core 0, identical but for "
+        "`metrics_enabled` (ledger off in both), the simulator and the load on core 1; "
+        f"{b['rounds']} alternating rounds of {b['seconds']:g} s each: 32 long fast streams "
+        "(chunks/s at the client) and 32 clients doing 20-token streams back to back (streams/s). "
+        "Metrics are recorded per stream and per keep-alive, never per chunk."
+    )
+    out.append("")
+    rows = []
+    for way in ("metrics_on", "metrics_off"):
+        d = b[way]
+        rows.append(
+            [
+                way.replace("_", " "),
+                f"{d['chunks_per_s']:,.0f}",
+                ", ".join(f"{v:,.0f}" for v in d["all"]["chunks_per_s"]),
+                f"{d['streams_per_s']:,.0f}",
+                ", ".join(f"{v:,.0f}" for v in d["all"]["streams_per_s"]),
+            ]
+        )
+    out += table(
+        ["Gateway", "Chunks/s (median)", "each round", "Short streams/s (median)", "each round"], rows
+    )
+    out += [
+        "",
+        f"On / off: chunks x{b['chunks_per_s_on_over_off']:.3f}, "
+        f"short streams x{b['streams_per_s_on_over_off']:.3f}.",
+        "",
+    ]
+    return out
+
+
 def render(r: Results) -> str:
     p = r.profile
     out: list[str] = ["# Benchmarks", ""]
@@ -2706,6 +2768,7 @@ def render(r: Results) -> str:
     out += render_rows_bench(r)
     out += render_clients(r)
     out += render_local(r)
+    out += render_metrics_overhead(r)
     observations = observe(r)
     if observations:
         out += ["## Observations", ""] + [f"- {o}" for o in observations] + [""]
@@ -2720,6 +2783,7 @@ def render(r: Results) -> str:
         ".venv/bin/python bench/ledger_rows.py       # section 6 alone",
         ".venv/bin/python bench/upstream_clients.py  # section 7 alone (starts its own simulator)",
         ".venv/bin/python bench/local_model.py       # section 8 alone (starts its own gateway)",
+        ".venv/bin/python bench/metrics_overhead.py  # section 9 alone (its own simulator and gateways)",
         "```",
         "",
         "Needs `taskset` and at least 2 cores; binds only 127.0.0.1; PostgreSQL at "
