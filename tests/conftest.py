@@ -212,6 +212,8 @@ def _launch_gateway(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=full_env,
+            # A group of its own: with --workers N, killing the group kills the workers too.
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -295,7 +297,7 @@ def start_gateway(sim: Sim, tmp_path: Path) -> Iterator[Any]:
     yield start
     for gw in started:
         if gw.process.poll() is None:
-            gw.process.kill()
+            os.killpg(gw.process.pid, signal.SIGKILL)
             gw.process.wait(10)
 
 
@@ -334,13 +336,19 @@ class RawStream:
 
 
 async def open_raw_stream(
-    base_url: str, path: str, body: bytes, request_id: str, content_type: str = "application/json"
+    base_url: str,
+    path: str,
+    body: bytes,
+    request_id: str,
+    content_type: str = "application/json",
+    authorization: str | None = None,
 ) -> RawStream:
     url = httpx.URL(base_url)
     reader, writer = await asyncio.open_connection(url.host, url.port)
+    auth = f"Authorization: {authorization}\r\n" if authorization else ""
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\n\r\n"
+        f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\n{auth}\r\n"
     )
     writer.write(head.encode() + body)
     await writer.drain()

@@ -19,10 +19,13 @@ from typing import Any
 
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tokenrelay.api.errors import install_error_handlers
 from tokenrelay.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from tokenrelay.api.routes import router, stream_routes
+from tokenrelay.api.usage import usage_router
+from tokenrelay.auth.keys import Authenticator, KeyStore
 from tokenrelay.config import BUILTIN_LOCAL_URL, BUILTIN_SIM_URL, Settings, load_settings
 from tokenrelay.ledger.db import create_engine
 from tokenrelay.ledger.record import StreamRecord
@@ -30,6 +33,8 @@ from tokenrelay.ledger.spool import Spool
 from tokenrelay.ledger.store import LedgerStore
 from tokenrelay.ledger.tokens import TokenCounter
 from tokenrelay.ledger.writer import LedgerWriter
+from tokenrelay.limits import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from tokenrelay.limits.budgets import MemorySpending, RedisSpending, Spending
 from tokenrelay.local.discovery import unavailable_reason
 from tokenrelay.local.supervisor import LocalModelServer
 from tokenrelay.local.upstream import LocalTokenizer, LocalUpstream
@@ -114,6 +119,14 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
             stack.callback(drain.stop_all)
             stack.enter_context(_drain_on_signals(drain))
 
+            auth, limiter, spending = None, None, None
+            if settings.auth.enabled:
+                auth, limiter, spending = _start_auth(settings, engine)
+                stack.push_async_callback(limiter.aclose)
+                if isinstance(spending, RedisSpending):
+                    stack.push_async_callback(spending.aclose)
+                writer.on_usage = spending.add
+
             app.state.runtime = RelayRuntime(
                 settings=settings,
                 ledger=writer,
@@ -121,6 +134,9 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
                 drain=drain,
                 metrics=metrics,
                 tracing=tracing,
+                auth=auth,
+                limiter=limiter,
+                spending=spending,
             )
             app.state.metrics = metrics
             app.state.upstreams = upstreams
@@ -140,11 +156,41 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     install_error_handlers(app)
     app.router.routes.extend(stream_routes)
     app.include_router(router)
+    app.include_router(usage_router)
     if settings.web_page:
         app.router.routes.extend(web_routes())
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _start_auth(
+    settings: Settings, engine: AsyncEngine | None
+) -> tuple[Authenticator, RateLimiter, Spending]:
+    """Keys from the ledger database; limits and spending in memory, or in Redis if configured."""
+    if engine is None:
+        raise RuntimeError("auth.enabled needs the ledger database (it keeps the API keys)")
+    admin = settings.auth.admin_key.get_secret_value() if settings.auth.admin_key else None
+    auth = Authenticator(KeyStore(engine), admin_key=admin, cache_seconds=settings.auth.key_cache_seconds)
+    limiter: RateLimiter
+    spending: Spending
+    if settings.auth.redis_url:
+        longest = max(m.total_timeout_seconds for m in settings.models.values())
+        limiter = RedisRateLimiter(
+            settings.auth.redis_url,
+            fail_open=settings.auth.rate_limit_on_redis_error == "open",
+            longest_stream_seconds=longest,
+        )
+        spending = RedisSpending(
+            settings.auth.redis_url, engine, fail_open=settings.auth.budget_on_redis_error == "open"
+        )
+    else:
+        limiter = MemoryRateLimiter()
+        spending = MemorySpending(engine)
+    log.info(
+        "API keys required", extra={"rate_limits": limiter.health()["backend"], "admin_key": bool(admin)}
+    )
+    return auth, limiter, spending
 
 
 def _log_and_count(metrics: Metrics) -> Callable[[StreamRecord], None]:

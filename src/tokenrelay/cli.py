@@ -1,4 +1,4 @@
-"""``tokenrelay`` command line: serve, sim, migrate, chat, top."""
+"""``tokenrelay`` command line: serve, sim, migrate, chat, top, keys."""
 
 from __future__ import annotations
 
@@ -28,6 +28,14 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ[CONFIG_FILE_ENV] = str(Path(args.config).resolve())
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v}
     settings = load_settings(**overrides)
+    if not settings.auth.enabled and settings.host not in LOOPBACK_HOSTS:
+        print(
+            f"tokenrelay: refusing to serve on {settings.host} without API keys: anyone who can reach "
+            "it could spend your model budget. Set auth.enabled = true (TOKENRELAY_AUTH__ENABLED=true) "
+            "and create keys with `tokenrelay keys create`, or bind to 127.0.0.1.",
+            file=sys.stderr,
+        )
+        return 2
     # uvicorn re-raises the stop signal once it has shut down; a no-op handler lets the
     # process then exit 0 after a graceful drain instead of dying by that signal.
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -50,6 +58,9 @@ def _serve(args: argparse.Namespace) -> int:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 def _multiprocess_metrics_dir(workers: int) -> str | None:
@@ -177,6 +188,79 @@ def _top(args: argparse.Namespace) -> int:
     return run(url, args.interval, args.once)
 
 
+def _keys(args: argparse.Namespace) -> int:
+    import asyncio
+
+    return asyncio.run(_keys_command(args))
+
+
+async def _keys_command(args: argparse.Namespace) -> int:
+    from tokenrelay.auth.keys import KeyStore
+    from tokenrelay.config import load_settings
+    from tokenrelay.ledger.db import create_engine, prepare_schema
+
+    settings = load_settings(Path(args.config) if args.config else None)
+    engine = create_engine(settings.ledger)
+    try:
+        await prepare_schema(engine, migrate_if_empty=True)
+        store = KeyStore(engine)
+        if args.keys_command == "create":
+            key, secret = await store.create(
+                name=args.name,
+                budget_tokens=args.budget_tokens,
+                budget_usd=args.budget_usd,
+                rpm=args.rpm,
+                max_concurrent=args.max_concurrent,
+                models=[m.strip() for m in args.models.split(",") if m.strip()] if args.models else None,
+                expires_at=_expiry(args.expires) if args.expires else None,
+            )
+            print(secret)
+            print(
+                f"created {key.id} ({key.prefix}, {key.name!r}); the key is shown only now", file=sys.stderr
+            )
+        elif args.keys_command == "list":
+            for key in await store.all():
+                state = "revoked" if key.revoked_at else "expired" if not key.usable(_now()) else "active"
+                limits = ", ".join(
+                    f"{name}={value}"
+                    for name, value in (
+                        ("budget_tokens", key.budget_tokens),
+                        ("budget_usd", key.budget_usd),
+                        ("rpm", key.rpm),
+                        ("max_concurrent", key.max_concurrent),
+                        ("models", ",".join(sorted(key.models)) if key.models else None),
+                        ("expires", key.expires_at.isoformat() if key.expires_at else None),
+                    )
+                    if value is not None
+                )
+                print(f"{key.id}  {key.prefix}  {state:8}  {key.name}  {limits}".rstrip())
+        elif not await store.revoke(args.key):
+            print(f"tokenrelay keys: no active key {args.key!r}", file=sys.stderr)
+            return 1
+        else:
+            print(f"revoked {args.key}", file=sys.stderr)
+        return 0
+    finally:
+        await engine.dispose()
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def _expiry(text: str) -> Any:
+    """``30d``, ``12h``, ``90m`` from now, or an ISO 8601 date/time (UTC if no zone)."""
+    from datetime import UTC, datetime, timedelta
+
+    units = {"d": "days", "h": "hours", "m": "minutes"}
+    if text[:-1].isdigit() and text[-1] in units:
+        return _now() + timedelta(**{units[text[-1]]: int(text[:-1])})
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="tokenrelay", description="LLM streaming gateway")
@@ -219,6 +303,22 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--interval", type=float, default=2.0, help="seconds between updates (default 2)")
     top.add_argument("--once", action="store_true", help="print one update and exit")
     top.set_defaults(handler=_top)
+
+    keys = commands.add_parser("keys", help="create, list and revoke API keys (in the ledger database)")
+    keys.add_argument("--config", help="TOML configuration file (for the database URL)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create a key and print it (once)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--budget-tokens", type=int)
+    create.add_argument("--budget-usd", type=float)
+    create.add_argument("--rpm", type=int, help="requests per minute")
+    create.add_argument("--max-concurrent", type=int, help="streams at once")
+    create.add_argument("--models", help="comma-separated model names the key may use (default: all)")
+    create.add_argument("--expires", help="30d, 12h, 90m, or an ISO 8601 date")
+    key_commands.add_parser("list", help="list keys (prefixes only, never the keys)")
+    revoke = key_commands.add_parser("revoke", help="revoke a key by id or prefix")
+    revoke.add_argument("key", help="key id (key_...) or prefix (trk_...)")
+    keys.set_defaults(handler=_keys)
     return parser
 
 

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -51,6 +51,18 @@ class ModelConfig(BaseModel):
     tokenizer_encoding: str = Field(
         default="cl100k_base", description="tiktoken encoding used to estimate usage"
     )
+    input_price_per_million: float | None = Field(
+        default=None, ge=0, description="USD per million prompt tokens (for cost and budgets)"
+    )
+    output_price_per_million: float | None = Field(
+        default=None, ge=0, description="USD per million completion tokens"
+    )
+
+    def prices(self) -> tuple[float, float] | None:
+        """(input, output) USD per million tokens, if a price is configured."""
+        if self.input_price_per_million is None and self.output_price_per_million is None:
+            return None
+        return (self.input_price_per_million or 0.0, self.output_price_per_million or 0.0)
 
     def api_key(self) -> str | None:
         """The upstream key, read from the environment at call time (never stored in settings)."""
@@ -126,6 +138,23 @@ class LocalModelSettings(BaseModel):
         return bundled_model_path()
 
 
+class AuthSettings(BaseModel):
+    """API keys and per-key limits (see docs/security.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        default=False, description="require an API key on every API route (off: loopback only)"
+    )
+    # From the environment only (TOKENRELAY_AUTH__ADMIN_KEY), never the file: it unlocks everything.
+    admin_key: SecretStr | None = None
+    metrics_public: bool = Field(default=True, description="/metrics without a key")
+    key_cache_seconds: float = Field(default=5.0, ge=0, description="how long a key lookup is reused")
+    redis_url: str | None = Field(default=None, description="share rate limits across replicas")
+    rate_limit_on_redis_error: Literal["open", "closed"] = "open"
+    budget_on_redis_error: Literal["open", "closed"] = "closed"
+
+
 class Settings(BaseSettings):
     """All gateway settings. Durations carry their unit in the name."""
 
@@ -154,6 +183,7 @@ class Settings(BaseSettings):
     upstream_max_connections: int = Field(default=1000, ge=1)
 
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)
 
     @classmethod

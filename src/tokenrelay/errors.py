@@ -7,6 +7,11 @@ code (used in an ``error`` event once streaming began)::
     ├── InvalidRequest                   400  invalid_request_error
     │   ├── BodyTooLarge                 413  request_too_large
     │   └── ModelNotFound                404  model_not_found
+    ├── AuthenticationFailed             401  invalid_api_key
+    ├── PermissionDenied                 403  permission_denied
+    │   └── ModelNotAllowed              403  model_not_allowed
+    ├── RateLimitExceeded                429  rate_limit_exceeded     (Retry-After)
+    │   └── BudgetExceeded               429  budget_exceeded
     ├── ServiceUnavailable               503  shutting_down
     │   └── StreamShutdown               503  shutdown                (drain period over)
     └── UpstreamError                    502  upstream_error
@@ -73,6 +78,44 @@ class BodyTooLarge(InvalidRequest):
 class ModelNotFound(InvalidRequest):
     status_code = 404
     code = "model_not_found"
+
+
+class AuthenticationFailed(TokenRelayError):
+    """No key, a malformed header, or a key that is wrong, revoked or expired (never which)."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="tokenrelay"'}
+
+
+class PermissionDenied(TokenRelayError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
+class ModelNotAllowed(PermissionDenied):
+    code = "model_not_allowed"
+
+
+class RateLimitExceeded(TokenRelayError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_seconds: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)} if self.retry_after_seconds else {}
+
+
+class BudgetExceeded(RateLimitExceeded):
+    code = "budget_exceeded"
 
 
 class ServiceUnavailable(TokenRelayError):

@@ -85,8 +85,39 @@ def test_migrate_command_creates_the_schema(tmp_path: Path) -> None:
     with sqlite3.connect(db) as connection:
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         version = connection.execute("SELECT version_num FROM alembic_version").fetchone()
-    assert {"usage_record", "alembic_version"} <= tables
-    assert version == ("0001",)
+    assert {"usage_record", "api_key", "alembic_version"} <= tables
+    assert version == ("0002",)
+
+
+def test_migrate_upgrades_a_ledger_from_the_first_schema(tmp_path: Path) -> None:
+    from alembic import command
+
+    from tokenrelay.ledger.db import alembic_config
+
+    db = tmp_path / "old.db"
+    command.upgrade(alembic_config(f"sqlite+aiosqlite:///{db}"), "0001")
+    import sqlite3
+
+    with sqlite3.connect(db) as connection:
+        connection.execute(
+            "INSERT INTO usage_record (stream_id, request_id, model, upstream_model, status, prompt_tokens,"
+            " completion_tokens, usage_source, chunk_count, duration_ms, started_at, finished_at)"
+            " VALUES ('s1', 'r1', 'm', 'm', 'completed', 3, 4, 'upstream', 5, 1.0,"
+            " '2026-01-01', '2026-01-01')"
+        )
+    config = tmp_path / "c.toml"
+    config.write_text(f'[ledger]\ndatabase_url = "sqlite+aiosqlite:///{db}"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "tokenrelay", "migrate", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(db) as connection:
+        row = connection.execute("SELECT stream_id, prompt_tokens, cost_usd FROM usage_record").fetchone()
+        version = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert row == ("s1", 3, None) and version == ("0002",)
 
 
 @pytest.mark.parametrize("args", [["serve", "--config", "/no/such/file.toml"], ["bogus"]])

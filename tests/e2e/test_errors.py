@@ -134,3 +134,5 @@ async def test_upstream_failure_is_logged_once_with_request_id(gateway: Gateway)
     assert "Traceback" not in "\n".join(lines)
     stream_end = [line for line in lines if '"stream_end"' in line]
     assert len(stream_end) == 1 and '"status":"upstream_error"' in stream_end[0]
+    # The same failure class as the metrics' tokenrelay_upstream_errors_total{class=...}.
+    assert '"upstream_failure":"mid_stream_drop"' in stream_end[0]

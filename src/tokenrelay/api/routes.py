@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from datetime import UTC, datetime
@@ -16,10 +17,19 @@ from starlette.routing import Route
 
 from tokenrelay.api.errors import describe_validation_errors
 from tokenrelay.api.schemas import ChatCompletionRequest, ChatRequest
-from tokenrelay.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
+from tokenrelay.auth.keys import Caller
+from tokenrelay.config import MODEL_TOKENIZER
+from tokenrelay.errors import (
+    InvalidRequest,
+    ModelNotAllowed,
+    ModelNotFound,
+    PermissionDenied,
+    ServiceUnavailable,
+)
 from tokenrelay.ledger.db import is_reachable
 from tokenrelay.ledger.record import StreamRecord
 from tokenrelay.ledger.store import LedgerStore
+from tokenrelay.limits.budgets import completion_allowance, spending_health
 from tokenrelay.local.upstream import LocalUpstream
 from tokenrelay.observability.metrics import CONTENT_TYPE, Metrics
 from tokenrelay.relay.lifecycle import RelayRuntime, StreamRelay
@@ -30,16 +40,28 @@ router = APIRouter()
 Body = TypeVar("Body", bound=BaseModel)
 
 
-def _admit(
+async def caller_of(request: Request) -> Caller | None:
+    """Who is calling (401 if auth is on and the key is missing or wrong); None with auth off."""
+    runtime: RelayRuntime = request.app.state.runtime
+    if runtime.auth is None:
+        return None
+    return await runtime.auth.authenticate(request.headers.get("authorization"))
+
+
+async def _admit(
     request: Request, *, model_name: str | None, body: dict[str, Any], protocol: WireProtocol
 ) -> StreamRelay:
     runtime: RelayRuntime = request.app.state.runtime
     if runtime.drain.draining:
         raise ServiceUnavailable("the gateway is shutting down; retry on another instance")
+    caller = await caller_of(request)
     resolved = runtime.settings.model(model_name)
     if resolved is None:
         raise ModelNotFound(f"the model {model_name!r} does not exist", param="model")
     public_name, model = resolved
+    key = caller.key if caller is not None else None
+    if key is not None and not key.allows(public_name):
+        raise ModelNotAllowed(f"this API key may not use the model {public_name!r}", param="model")
     record = StreamRecord(
         stream_id=uuid.uuid4().hex,
         request_id=request.state.request_id,
@@ -49,7 +71,20 @@ def _admit(
         tokenizer_encoding=model.tokenizer_encoding,
         started_at=datetime.now(UTC),
         started_mono=time.monotonic(),
+        api_key_id=key.id if key is not None else None,
+        prices=model.prices(),
     )
+    allowance = None
+    if key is not None and runtime.spending is not None and (key.budget_tokens or key.budget_usd):
+        encoding = model.tokenizer_encoding if model.tokenizer_encoding != MODEL_TOKENIZER else "cl100k_base"
+        prompt_tokens = runtime.counter.count_prompt(record.messages, encoding)
+        allowance = completion_allowance(
+            key, await runtime.spending.spent(key.id), prompt_tokens, record.prices
+        )
+    release = None
+    if key is not None and runtime.limiter is not None and (key.rpm or key.max_concurrent):
+        await runtime.limiter.admit(key, record.stream_id)
+        release = functools.partial(runtime.limiter.release, key, record.stream_id)
     return StreamRelay(
         record=record,
         body=body,
@@ -57,6 +92,8 @@ def _admit(
         upstream=request.app.state.upstreams.client_for(model),
         protocol=protocol,
         runtime=runtime,
+        on_finished=release,
+        completion_budget=allowance,
     )
 
 
@@ -71,7 +108,9 @@ async def _parse(request: Request, schema: type[Body]) -> Body:
 async def chat(request: Request) -> Response:
     """``POST /chat``: a chat answer as typed events (delta, usage, done, error)."""
     payload = await _parse(request, ChatRequest)
-    return _admit(request, model_name=payload.model, body=payload.upstream_body(), protocol=ChatEvents())
+    return await _admit(
+        request, model_name=payload.model, body=payload.upstream_body(), protocol=ChatEvents()
+    )
 
 
 async def chat_completions(request: Request) -> Response:
@@ -83,7 +122,7 @@ async def chat_completions(request: Request) -> Response:
         protocol = OpenAIChunks(public_model=payload.model, include_usage=include_usage)
     else:
         protocol = OpenAICompletion(public_model=payload.model)
-    return _admit(request, model_name=payload.model, body=payload.upstream_body(), protocol=protocol)
+    return await _admit(request, model_name=payload.model, body=payload.upstream_body(), protocol=protocol)
 
 
 # The two streaming endpoints are plain Starlette routes: FastAPI's dependency solving and
@@ -98,6 +137,8 @@ stream_routes = [
 @router.get("/v1/models", summary="The models this gateway serves")
 async def list_models(request: Request) -> dict[str, Any]:
     runtime: RelayRuntime = request.app.state.runtime
+    caller = await caller_of(request)
+    key = caller.key if caller is not None else None
     return {
         "object": "list",
         "data": [
@@ -112,6 +153,7 @@ async def list_models(request: Request) -> dict[str, Any]:
             for name, cfg in sorted(
                 runtime.settings.models.items(), key=lambda item: item[0] != runtime.settings.default_model
             )
+            if key is None or key.allows(name)
         ],
     }
 
@@ -125,6 +167,11 @@ async def healthz() -> dict[str, str]:
 async def metrics(request: Request) -> Response:
     """The Prometheus text format; 404 when ``metrics_enabled`` is off."""
     collected: Metrics | None = request.app.state.metrics
+    runtime: RelayRuntime = request.app.state.runtime
+    if runtime.auth is not None and not runtime.settings.auth.metrics_public:
+        caller = await caller_of(request)
+        if caller is None or not caller.is_admin:
+            raise PermissionDenied("/metrics needs the admin key (auth.metrics_public = false)")
     if collected is None:
         raise HTTPException(404, "metrics are turned off (metrics_enabled = false)")
     if collected.multiprocess_dir is None:
@@ -151,6 +198,11 @@ async def readyz(request: Request) -> Response:
     else:
         status, code = ("degraded", 200) if ledger["state"] == "degraded" else ("ready", 200)
     body: dict[str, Any] = {"status": status, "draining": draining, "ledger": ledger}
+    if runtime.limiter is not None:
+        # Informational: with Redis away, limits fail open or closed as configured.
+        body["rate_limits"] = runtime.limiter.health()
+    if runtime.spending is not None:
+        body["budgets"] = spending_health(runtime.spending)
     local: LocalUpstream | None = request.app.state.local_model
     if local is not None:
         # Informational: the gateway serves its other models whatever state this one is in.

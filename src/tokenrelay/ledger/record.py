@@ -49,6 +49,8 @@ class StreamRecord:
     started_at: datetime
     started_mono: float
     api_key_id: str | None = None
+    # USD per million tokens (the model's configured prices); None: no price known.
+    prices: tuple[float, float] | None = None
     first_token_mono: float | None = None
     finished_mono: float | None = None
     finished_at: datetime | None = None
@@ -78,6 +80,14 @@ class StreamRecord:
         if self.finished_mono is None:
             return None
         return (self.finished_mono - self.started_mono) * 1000.0
+
+    @property
+    def cost_usd(self) -> float | None:
+        """What the stream cost at the model's prices, once its usage is known."""
+        if self.prices is None or self.prompt_tokens is None:
+            return None
+        prompt_price, completion_price = self.prices
+        return (self.prompt_tokens * prompt_price + (self.completion_tokens or 0) * completion_price) / 1e6
 
     def completion_text(self) -> str:
         """Everything the upstream generated (that reached us)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from sqlalchemy import Insert
@@ -50,6 +50,7 @@ def to_row(record: StreamRecord) -> dict[str, Any]:
         "duration_ms": record.duration_ms or 0.0,
         "started_at": record.started_at,
         "finished_at": record.finished_at,
+        "cost_usd": record.cost_usd,
     }
 
 
@@ -81,10 +82,13 @@ class LedgerWriter:
         batch_max_rows: int,
         batch_max_seconds: float,
         on_finished: Callable[[StreamRecord], None] = lambda _record: None,
+        on_usage: Callable[[list[StreamRecord]], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._counter = counter
         self._on_finished = on_finished
+        # Spending per API key (budgets): told of every batch once its usage is known.
+        self.on_usage = on_usage
         self._batch_max_rows = batch_max_rows
         self._batch_max_seconds = batch_max_seconds
         self._queue: asyncio.Queue[StreamRecord | None] = asyncio.Queue()
@@ -154,6 +158,11 @@ class LedgerWriter:
                 await asyncio.to_thread(self._estimate_all, unestimated)
             for record in batch:
                 self._on_finished(record)
+            if self.on_usage is not None:
+                try:
+                    await self.on_usage(batch)
+                except Exception:
+                    log.exception("counting spending failed")
             if self._store is not None:
                 await self._store.store([to_row(record) for record in batch])
         except Exception:

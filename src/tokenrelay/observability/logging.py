@@ -88,5 +88,7 @@ def log_stream_end(record: StreamRecord) -> None:
             "disconnect_phase": None if record.disconnect_phase is None else str(record.disconnect_phase),
             "error_code": record.error_code,
             "error_class": record.error_class,
+            # The same class as tokenrelay_upstream_errors_total{class=...}.
+            "upstream_failure": record.upstream_failure,
         },
     )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -30,8 +30,10 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from tokenrelay.auth.keys import Authenticator
 from tokenrelay.config import ModelConfig, Settings
 from tokenrelay.errors import (
+    BudgetExceeded,
     StreamShutdown,
     TokenRelayError,
     UpstreamError,
@@ -41,6 +43,8 @@ from tokenrelay.errors import (
 from tokenrelay.ledger.record import DisconnectPhase, StreamRecord, StreamStatus
 from tokenrelay.ledger.tokens import TokenCounter
 from tokenrelay.ledger.writer import LedgerWriter
+from tokenrelay.limits import RateLimiter
+from tokenrelay.limits.budgets import Spending
 from tokenrelay.observability.metrics import Metrics
 from tokenrelay.observability.tracing import StreamSpan, Tracing
 from tokenrelay.relay.protocols import PING, WireProtocol
@@ -74,6 +78,9 @@ class RelayRuntime:
     drain: DrainCoordinator
     metrics: Metrics | None = None
     tracing: Tracing | None = None
+    auth: Authenticator | None = None
+    limiter: RateLimiter | None = None
+    spending: Spending | None = None
 
 
 class DrainCoordinator:
@@ -127,8 +134,14 @@ class StreamRelay(Response):
         upstream: Upstream,
         protocol: WireProtocol,
         runtime: RelayRuntime,
+        on_finished: Callable[[], Awaitable[None]] | None = None,
+        completion_budget: int | None = None,
     ) -> None:
         self.background = None
+        # Completion tokens this stream may still produce before its key's budget runs out.
+        self._completion_budget = completion_budget
+        # E.g. releasing the key's concurrency slot; awaited once, on every exit path.
+        self._on_finished = on_finished
         self.record = record
         self._body = body
         self._model = model
@@ -268,6 +281,16 @@ class StreamRelay(Response):
                 await self._flush_output()
             if saw_done:
                 return
+            if (
+                self._completion_budget is not None
+                and len(record.completion_parts) >= self._completion_budget
+            ):
+                # The key's budget is spent (a content chunk counts as a token; checked per read).
+                self.request_stop(
+                    StreamStatus.BUDGET_EXCEEDED,
+                    BudgetExceeded("this API key's budget ran out during the answer"),
+                )
+                raise self._stop.result()
             if clock() - yielded_at > _FAIR_SHARE_SECONDS:
                 # With data already buffered, neither read() nor send() suspends: without this a
                 # fast upstream would hold the loop, starving other streams and our own watchers.
@@ -345,6 +368,13 @@ class StreamRelay(Response):
         finally:
             # Reached even if this task is cancelled again during the awaits above.
             self._runtime.drain.unregister(self)
+            if self._on_finished is not None:
+                try:
+                    await self._on_finished()
+                except Exception:
+                    log.exception(
+                        "releasing the stream's limits failed", extra={"request_id": record.request_id}
+                    )
             if self._runtime.metrics is not None:
                 gone = self._client_gone_at
                 aborted_in = time.monotonic() - gone if gone is not None else None
