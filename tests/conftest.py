@@ -136,6 +136,13 @@ def model_table(sim_base_url: str) -> str:
             "",
         ]
     lines += [
+        # A priced model: rows carry their cost, USD budgets apply.
+        '[models."priced"]',
+        f'base_url = "{sim_base_url}"',
+        'upstream_model = "sim?tokens=20"',
+        "input_price_per_million = 1000.0",
+        "output_price_per_million = 2000.0",
+        "",
         '[models."first-token-timeout"]',
         f'base_url = "{sim_base_url}"',
         'upstream_model = "sim?ttft=5"',

@@ -95,6 +95,8 @@ def test_every_kind_of_missing_or_wrong_key_is_refused(start_gateway: Any, auth_
         assert_refused(response, 401, "invalid_api_key")
         assert response.headers["www-authenticate"].startswith("Bearer"), what
         assert good not in response.text
+        sent = headers.get("authorization", "").partition(" ")[2].strip()
+        assert not sent or sent not in response.text, "the key sent is not echoed"
         models = httpx.get(f"{gw.url}/v1/models", headers=headers, timeout=10)
         assert_refused(models, 401, "invalid_api_key")
     assert chat(gw, good).status_code == 200
@@ -323,3 +325,20 @@ async def test_usage_report_is_per_key_and_admins_see_all(
     assert report(bob, since="2999-01-01").json()["totals"]["streams"] == 0
     assert_refused(report(bob, since="yesterday"), 400, "invalid_request_error")
     assert_refused(httpx.get(f"{gw.url}/v1/usage", timeout=5), 401, "invalid_api_key")
+
+
+async def test_cost_per_row_and_a_usd_budget(start_gateway: Any, auth_db: str, keys: Any) -> None:
+    gw: Gateway = start_gateway(env=AUTH_ENV, database_url=auth_db)
+    # "priced": $1,000 per million prompt tokens, $2,000 per million completion tokens.
+    key = keys("create", "--name", "dollars", "--budget-usd", "0.05")
+    priced = orjson.dumps({"model": "priced", "messages": [{"role": "user", "content": "hi"}]})
+    rid = new_request_id()
+    assert chat(gw, key, priced, rid).status_code == 200
+    (row,) = await gw.ledger_rows(rid)
+    expected = (row["prompt_tokens"] * 1000.0 + row["completion_tokens"] * 2000.0) / 1e6
+    assert row["cost_usd"] == pytest.approx(expected) and row["cost_usd"] > 0.04
+    report = httpx.get(f"{gw.url}/v1/usage", headers={"authorization": f"Bearer {key}"}, timeout=5).json()
+    assert report["totals"]["cost_usd"] == pytest.approx(expected, abs=1e-6)
+    await wait_spent(gw, rid)
+    # Over $0.04 of $0.05 spent: what is left does not cover the next prompt's estimated cost.
+    assert_refused(chat(gw, key, priced), 429, "budget_exceeded")
