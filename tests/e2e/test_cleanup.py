@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,10 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from alembic import command
 
 from tests.conftest import Gateway, Sim, new_request_id, open_raw_stream
+from tokenrelay.ledger.db import alembic_config
 
 
 async def test_no_upstream_stream_is_left_open_on_any_exit_path(gateway: Gateway, sim: Sim) -> None:
@@ -69,9 +72,9 @@ async def test_logs_never_contain_message_content(gateway: Gateway) -> None:
     assert log.count(f'"request_id":"{rid}"') >= 3
 
 
-def test_migrate_command_creates_the_schema(tmp_path: Path) -> None:
-    config = tmp_path / "c.toml"
-    db = tmp_path / "ledger.db"
+def migrate(db: Path) -> None:
+    """``tokenrelay migrate`` on the SQLite file ``db``, as a user runs it."""
+    config = db.with_suffix(".toml")
     config.write_text(f'[ledger]\ndatabase_url = "sqlite+aiosqlite:///{db}"\n')
     result = subprocess.run(
         [sys.executable, "-m", "tokenrelay", "migrate", "--config", str(config)],
@@ -80,8 +83,11 @@ def test_migrate_command_creates_the_schema(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    import sqlite3
 
+
+def test_migrate_command_creates_the_schema(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    migrate(db)
     with sqlite3.connect(db) as connection:
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         version = connection.execute("SELECT version_num FROM alembic_version").fetchone()
@@ -90,14 +96,8 @@ def test_migrate_command_creates_the_schema(tmp_path: Path) -> None:
 
 
 def test_migrate_upgrades_a_ledger_from_the_first_schema(tmp_path: Path) -> None:
-    from alembic import command
-
-    from tokenrelay.ledger.db import alembic_config
-
     db = tmp_path / "old.db"
     command.upgrade(alembic_config(f"sqlite+aiosqlite:///{db}"), "0001")
-    import sqlite3
-
     with sqlite3.connect(db) as connection:
         connection.execute(
             "INSERT INTO usage_record (stream_id, request_id, model, upstream_model, status, prompt_tokens,"
@@ -105,15 +105,7 @@ def test_migrate_upgrades_a_ledger_from_the_first_schema(tmp_path: Path) -> None
             " VALUES ('s1', 'r1', 'm', 'm', 'completed', 3, 4, 'upstream', 5, 1.0,"
             " '2026-01-01', '2026-01-01')"
         )
-    config = tmp_path / "c.toml"
-    config.write_text(f'[ledger]\ndatabase_url = "sqlite+aiosqlite:///{db}"\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "tokenrelay", "migrate", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
+    migrate(db)
     with sqlite3.connect(db) as connection:
         row = connection.execute("SELECT stream_id, prompt_tokens, cost_usd FROM usage_record").fetchone()
         version = connection.execute("SELECT version_num FROM alembic_version").fetchone()
