@@ -230,6 +230,11 @@ async def test_two_gateways_sharing_redis_enforce_one_limit(
     second: Gateway = start_gateway(env=env, database_url=auth_db)
     key = keys("create", "--name", "two at a time", "--max-concurrent", "2")
     await assert_concurrency_limit([first, second], key, limit=2)
+    per_minute = keys("create", "--name", "two a minute", "--rpm", "2")
+    assert chat(first, per_minute).status_code == 200
+    assert chat(second, per_minute).status_code == 200
+    for gw in (first, second):
+        assert_refused(chat(gw, per_minute), 429, "rate_limit_exceeded")
     assert httpx.get(f"{first.url}/readyz", timeout=5).json()["rate_limits"] == {
         "backend": "redis",
         "state": "ok",

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from tokenrelay.auth.keys import KEY_FORMAT, ApiKey, Authenticator, digest, new_key
-from tokenrelay.errors import AuthenticationFailed, BudgetExceeded
+from tokenrelay.errors import AuthenticationFailed, BudgetExceeded, RateLimitExceeded
+from tokenrelay.limits import MemoryRateLimiter
 from tokenrelay.limits.budgets import completion_allowance
 
 
@@ -121,3 +122,21 @@ def test_completion_allowance_from_token_and_usd_budgets() -> None:
         id="u", name="u", prefix="trk_11111111", secret_sha256="", created_at=datetime.now(UTC)
     )
     assert completion_allowance(unlimited, (10**9, 10**6), 100, (1.0, 1.0)) is None
+
+
+async def test_requests_per_minute_is_a_sliding_window() -> None:
+    clock = [1000.0]
+    limiter = MemoryRateLimiter(clock=lambda: clock[0])
+    key = ApiKey(
+        id="k", name="k", prefix="trk_00000000", secret_sha256="", created_at=datetime.now(UTC), rpm=2
+    )
+    await limiter.admit(key, "a")
+    clock[0] += 59.0
+    await limiter.admit(key, "b")
+    with pytest.raises(RateLimitExceeded) as refused:
+        await limiter.admit(key, "c")
+    assert refused.value.retry_after_seconds == 1  # the first request leaves the window in 1 s
+    clock[0] += 1.0
+    await limiter.admit(key, "c")  # 60 s after the first: it no longer counts
+    with pytest.raises(RateLimitExceeded):
+        await limiter.admit(key, "d")

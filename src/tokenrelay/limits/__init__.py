@@ -1,10 +1,11 @@
 """Per-key rate limits: requests per minute and concurrent streams, in memory or in Redis.
 
-In memory, the limits hold for one process. With ``auth.redis_url`` they hold for every
-replica sharing that Redis: requests per minute count in a per-minute key (``INCR`` +
-``EXPIRE``), concurrent streams are members of a sorted set scored by their start time, added
-by a Lua script only while the set is below the limit (entries older than the longest stream
-are dropped first, so a crashed replica's streams do not count for ever).
+Requests per minute are counted over the last 60 seconds (a sliding log: no burst of twice
+the limit across a minute boundary). In memory, the limits hold for one process. With
+``auth.redis_url`` they hold for every replica sharing that Redis: both limits are sorted sets
+per key, changed only by Lua scripts that admit a request while the set is below the limit —
+request times for the last minute; running streams by start time (entries older than the
+longest stream are dropped first, so a crashed replica's streams do not count for ever).
 
 Redis down: requests per minute fail open (allowed, logged) or closed (refused), as
 ``auth.rate_limit_on_redis_error`` says; ``/readyz`` shows it.
@@ -13,8 +14,10 @@ Redis down: requests per minute fail open (allowed, logged) or closed (refused),
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from tokenrelay.auth.keys import ApiKey
@@ -37,17 +40,22 @@ class RateLimiter(Protocol):
         """Close connections."""
 
 
-def _minute_window(now: float) -> tuple[int, int]:
-    """(this minute's number, seconds until the next one)."""
-    minute = int(now // 60)
-    return minute, max(1, int((minute + 1) * 60 - now))
+WINDOW_SECONDS = 60.0
+
+
+def _too_many(key: ApiKey, oldest: float, now: float) -> RateLimitExceeded:
+    retry_after = max(1, math.ceil(oldest + WINDOW_SECONDS - now))
+    return RateLimitExceeded(
+        f"this key may make {key.rpm} requests per minute", retry_after_seconds=retry_after
+    )
 
 
 class MemoryRateLimiter:
     """Limits for one process."""
 
-    def __init__(self) -> None:
-        self._minutes: dict[str, tuple[int, int]] = {}
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._requests: dict[str, deque[float]] = defaultdict(deque)
         self._running: dict[str, set[str]] = defaultdict(set)
 
     async def admit(self, key: ApiKey, stream_id: str) -> None:
@@ -56,14 +64,13 @@ class MemoryRateLimiter:
                 f"this key may run {key.max_concurrent} streams at once", retry_after_seconds=1
             )
         if key.rpm is not None:
-            minute, retry_after = _minute_window(time.time())
-            window, count = self._minutes.get(key.id, (minute, 0))
-            count = count + 1 if window == minute else 1
-            if count > key.rpm:
-                raise RateLimitExceeded(
-                    f"this key may make {key.rpm} requests per minute", retry_after_seconds=retry_after
-                )
-            self._minutes[key.id] = (minute, count)
+            now = self._clock()
+            recent = self._requests[key.id]
+            while recent and recent[0] <= now - WINDOW_SECONDS:
+                recent.popleft()
+            if len(recent) >= key.rpm:
+                raise _too_many(key, recent[0], now)
+            recent.append(now)
         if key.max_concurrent is not None:
             self._running[key.id].add(stream_id)
 
@@ -80,6 +87,18 @@ class MemoryRateLimiter:
     async def aclose(self) -> None:
         return None
 
+
+# KEYS[1] = the key's request log; ARGV = now, window start, limit, request id.
+# Returns -1 when admitted, else the oldest request time still in the window.
+_ADMIT_REQUEST = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+redis.call('EXPIRE', KEYS[1], 120)
+return -1
+"""
 
 # KEYS[1] = the key's running-set; ARGV = now, oldest start still counted, limit, stream id.
 _ADMIT_CONCURRENT = """
@@ -100,6 +119,7 @@ class RedisRateLimiter:
         self._redis = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self._fail_open = fail_open
         self._longest = longest_stream_seconds
+        self._admit_request = self._redis.register_script(_ADMIT_REQUEST)
         self._admit_concurrent = self._redis.register_script(_ADMIT_CONCURRENT)
         self.error: str | None = None
 
@@ -120,16 +140,11 @@ class RedisRateLimiter:
     async def _check(self, key: ApiKey, stream_id: str) -> None:
         now = time.time()
         if key.rpm is not None:
-            minute, retry_after = _minute_window(now)
-            counter = f"tokenrelay:rpm:{key.id}:{minute}"
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.incr(counter)
-                pipe.expire(counter, 120)
-                count, _ = await pipe.execute()
-            if int(count) > key.rpm:
-                raise RateLimitExceeded(
-                    f"this key may make {key.rpm} requests per minute", retry_after_seconds=retry_after
-                )
+            oldest = await self._admit_request(
+                keys=[f"tokenrelay:requests:{key.id}"], args=[now, now - WINDOW_SECONDS, key.rpm, stream_id]
+            )
+            if float(oldest) >= 0:
+                raise _too_many(key, float(oldest), now)
         if key.max_concurrent is not None:
             admitted = await self._admit_concurrent(
                 keys=[f"tokenrelay:running:{key.id}"],
