@@ -242,7 +242,7 @@ async def test_two_gateways_sharing_redis_enforce_one_limit(
     }
 
 
-def test_redis_down_fails_open_for_rate_limits_and_says_so(
+def test_redis_down_fails_open_for_rate_limits_closed_for_budgets_and_says_so(
     start_gateway: Any, auth_db: str, keys: Any
 ) -> None:
     env = {**AUTH_ENV, "TOKENRELAY_AUTH__REDIS_URL": f"redis://127.0.0.1:{closed_port()}/0"}
@@ -253,6 +253,13 @@ def test_redis_down_fails_open_for_rate_limits_and_says_so(
     limits = httpx.get(f"{gw.url}/readyz", timeout=5).json()["rate_limits"]
     assert limits["backend"] == "redis" and limits["state"] == "unavailable"
     assert "redis unavailable for rate limits" in gw.log_text()
+
+    # Budgets fail closed by default: a key with a budget is refused while Redis is away.
+    budgeted = keys("create", "--name", "budgeted", "--budget-tokens", "1000")
+    assert_refused(chat(gw, budgeted), 429, "budget_exceeded")
+    budgets = httpx.get(f"{gw.url}/readyz", timeout=5).json()["budgets"]
+    assert budgets == {"backend": "redis", "state": "unavailable"}
+    assert "redis unavailable for budgets" in gw.log_text()
 
 
 def test_events_are_unchanged_for_a_keyed_stream(start_gateway: Any, auth_db: str, keys: Any) -> None:

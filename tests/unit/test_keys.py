@@ -27,6 +27,13 @@ class _Store:
         return self.key if prefix == self.key.prefix else None
 
 
+def limited_key(**limits: Any) -> ApiKey:
+    """A key with ``limits`` (budgets, rpm, ...) and nothing else that matters."""
+    return ApiKey(
+        id="k", name="k", prefix="trk_00000000", secret_sha256="", created_at=datetime.now(UTC), **limits
+    )
+
+
 def _authenticator() -> tuple[Authenticator, str]:
     secret, prefix = new_key()
     key = ApiKey(
@@ -93,43 +100,23 @@ async def test_wrong_keys_take_the_same_time_however_much_matched() -> None:
 
 
 def test_completion_allowance_from_token_and_usd_budgets() -> None:
-    key = ApiKey(
-        id="k",
-        name="k",
-        prefix="trk_00000000",
-        secret_sha256="",
-        created_at=datetime.now(UTC),
-        budget_tokens=1000,
-        budget_usd=0.01,
-    )
+    key = limited_key(budget_tokens=1000, budget_usd=0.01)
     # Tokens: 1000 - 400 spent - 100 prompt = 500. USD: $0.01 - $0.004 - 100 x $1/M = $0.0059 at $10/M: 590.
     assert completion_allowance(key, (400, 0.004), 100, (1.0, 10.0)) == 500
-    dollars = ApiKey(
-        id="d",
-        name="d",
-        prefix="trk_22222222",
-        secret_sha256="",
-        created_at=datetime.now(UTC),
-        budget_usd=8.0,
-    )
+    dollars = limited_key(budget_usd=8.0)
     # $8 - $2 spent - 2 prompt tokens x $0.50 = $5 left, at $1 per completion token: 5 tokens.
     assert completion_allowance(dollars, (0, 2.0), 2, (500_000.0, 1_000_000.0)) == 5
     with pytest.raises(BudgetExceeded):
         completion_allowance(key, (1000, 0.0), 10, None)
     with pytest.raises(BudgetExceeded):
         completion_allowance(key, (0, 0.01), 10, (1.0, 10.0))
-    unlimited = ApiKey(
-        id="u", name="u", prefix="trk_11111111", secret_sha256="", created_at=datetime.now(UTC)
-    )
-    assert completion_allowance(unlimited, (10**9, 10**6), 100, (1.0, 1.0)) is None
+    assert completion_allowance(limited_key(), (10**9, 10**6), 100, (1.0, 1.0)) is None
 
 
 async def test_requests_per_minute_is_a_sliding_window() -> None:
     clock = [1000.0]
     limiter = MemoryRateLimiter(clock=lambda: clock[0])
-    key = ApiKey(
-        id="k", name="k", prefix="trk_00000000", secret_sha256="", created_at=datetime.now(UTC), rpm=2
-    )
+    key = limited_key(rpm=2)
     await limiter.admit(key, "a")
     clock[0] += 59.0
     await limiter.admit(key, "b")
