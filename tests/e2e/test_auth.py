@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import Gateway, closed_port, new_request_id, open_raw_stream, parse_events
+from tests.helpers import Gateway, closed_port, new_request_id, open_raw_stream, parse_events
 
 ADMIN_KEY = "admin-" + "x" * 40
 AUTH_ENV = {
@@ -31,14 +30,6 @@ AUTH_ENV = {
     "TOKENRELAY_AUTH__KEY_CACHE_SECONDS": "0.2",
 }
 HELLO = orjson.dumps({"model": "fast", "messages": [{"role": "user", "content": "hi"}]})
-
-
-def redis_available() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -219,13 +210,9 @@ async def assert_concurrency_limit(gateways: list[Gateway], key: str, limit: int
 
 
 async def test_two_gateways_sharing_redis_enforce_one_limit(
-    start_gateway: Any, auth_db: str, keys: Any
+    start_gateway: Any, auth_db: str, keys: Any, redis_url: str
 ) -> None:
-    if not redis_available():
-        if os.environ.get("TOKENRELAY_TEST_REDIS") == "required":
-            pytest.fail("Redis is required here (TOKENRELAY_TEST_REDIS=required) but 127.0.0.1:6379 is down")
-        pytest.skip("Redis is not running on 127.0.0.1:6379")
-    env = {**AUTH_ENV, "TOKENRELAY_AUTH__REDIS_URL": "redis://127.0.0.1:6379/0"}
+    env = {**AUTH_ENV, "TOKENRELAY_AUTH__REDIS_URL": redis_url}
     first: Gateway = start_gateway(env=env, database_url=auth_db)
     second: Gateway = start_gateway(env=env, database_url=auth_db)
     key = keys("create", "--name", "two at a time", "--max-concurrent", "2")

@@ -8,7 +8,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import Gateway, Sim, new_request_id
+from tests.helpers import Gateway, Sim, new_request_id
 
 OK_MESSAGES = [{"role": "user", "content": "hi"}]
 

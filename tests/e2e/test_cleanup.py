@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
-import orjson
 import pytest
 from alembic import command
 
-from tests.conftest import Gateway, Sim, new_request_id, open_raw_stream
+from tests.helpers import Gateway, Sim, chat_body, new_request_id, open_raw_stream, wait_until
 from tokenrelay.ledger.db import alembic_config
 
 
@@ -22,17 +20,13 @@ async def test_no_upstream_stream_is_left_open_on_any_exit_path(gateway: Gateway
     async with httpx.AsyncClient(timeout=15) as client:
         for model in ("fast", "drop", "idle-timeout", "midstream-error", "error500"):
             rid = new_request_id()
-            await client.post(
-                f"{gateway.url}/chat",
-                json={"model": model, "messages": [{"role": "user", "content": "x"}]},
-                headers={"X-Request-ID": rid},
-            )
+            await client.post(f"{gateway.url}/chat", content=chat_body(model), headers={"X-Request-ID": rid})
             ends[model] = (await sim.wait_ended(rid))["end"]
     rid = new_request_id()
     stream = await open_raw_stream(
         gateway.url,
         "/chat",
-        orjson.dumps({"model": "stall", "messages": [{"role": "user", "content": "x"}]}),
+        chat_body("stall"),
         rid,
     )
     await stream.read_until(b'"type":"delta"')
@@ -47,11 +41,7 @@ async def test_no_upstream_stream_is_left_open_on_any_exit_path(gateway: Gateway
         "error500": "error_status",
         "disconnect": "client_closed",
     }
-    for _ in range(100):
-        if sim.stats()["active"] == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert sim.stats()["active"] == 0, "no upstream stream may stay open"
+    await wait_until(lambda: sim.stats()["active"] == 0, timeout=2, what="no upstream stream left open")
 
 
 async def test_logs_never_contain_message_content(gateway: Gateway) -> None:

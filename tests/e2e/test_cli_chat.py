@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from tests.conftest import Gateway, Sim, new_request_id
+from tests.helpers import Gateway, Sim, new_request_id
 
 
 def run_chat(

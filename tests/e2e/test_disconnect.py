@@ -12,13 +12,9 @@ import asyncio
 import orjson
 import pytest
 
-from tests.conftest import Gateway, Sim, new_request_id, open_raw_stream
+from tests.helpers import Gateway, Sim, chat_body, new_request_id, open_raw_stream
 
 ABORT_BUDGET_SECONDS = 0.1
-
-
-def chat_body(model: str) -> bytes:
-    return orjson.dumps({"model": model, "messages": [{"role": "user", "content": "tell me a long story"}]})
 
 
 @pytest.mark.parametrize(
@@ -43,10 +39,7 @@ async def test_client_disconnect_closes_upstream_within_100ms(
         await stream.read_until(read_marker)
     else:
         # Wait until the upstream has the request, so we abort a live upstream call.
-        for _ in range(200):
-            if sim.request(rid) is not None:
-                break
-            await asyncio.sleep(0.01)
+        await sim.wait_request(rid)
         await asyncio.sleep(0.1)
     closed_at = stream.close()
 

@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import httpx
 import openai
 import pytest
 
-from tests.conftest import Gateway, Sim, new_request_id, parse_events
-
-
-async def post_chat(
-    gateway: Gateway, model: str, rid: str, path: str = "/chat", **extra: object
-) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=15) as client:
-        return await client.post(
-            f"{gateway.url}{path}",
-            json={"model": model, "messages": [{"role": "user", "content": "hello"}], **extra},
-            headers={"X-Request-ID": rid},
-        )
+from tests.helpers import Gateway, Sim, new_request_id, parse_events, post_chat
 
 
 @pytest.mark.parametrize(
@@ -35,7 +23,7 @@ async def test_failure_before_first_token_is_an_http_error(
     gateway: Gateway, sim: Sim, model: str, status: int, code: str, ledger_status: str
 ) -> None:
     rid = new_request_id()
-    response = await post_chat(gateway, model, rid)
+    response = await post_chat(gateway.url, model, rid)
     assert response.status_code == status
     assert response.headers["content-type"] == "application/json"
     error = response.json()["error"]
@@ -63,7 +51,7 @@ async def test_failure_after_streaming_began_is_an_error_event(
     gateway: Gateway, sim: Sim, model: str, code: str, ledger_status: str
 ) -> None:
     rid = new_request_id()
-    response = await post_chat(gateway, model, rid)
+    response = await post_chat(gateway.url, model, rid)
     assert response.status_code == 200
     events = parse_events(response.content)
     assert events[0]["type"] == "delta"
@@ -81,7 +69,7 @@ async def test_failure_after_streaming_began_is_an_error_event(
 
 async def test_openai_endpoint_mid_stream_failure_is_an_openai_error_chunk(gateway: Gateway) -> None:
     rid = new_request_id()
-    response = await post_chat(gateway, "drop", rid, path="/v1/chat/completions", stream=True)
+    response = await post_chat(gateway.url, "drop", rid, path="/v1/chat/completions", stream=True)
     chunks = parse_events(response.content)
     assert chunks[-1] == {
         "error": {
@@ -119,14 +107,14 @@ async def test_gateway_never_retries_upstream_failures(gateway: Gateway, sim: Si
     """One client request is one upstream request: retrying is the client's decision."""
     for model in ("error500", "ratelimit"):
         rid = new_request_id()
-        await post_chat(gateway, model, rid)
+        await post_chat(gateway.url, model, rid)
         calls = [r for r in sim.stats()["requests"] if r["request_id"] == rid]
         assert len(calls) == 1
 
 
 async def test_upstream_failure_is_logged_once_with_request_id(gateway: Gateway) -> None:
     rid = new_request_id()
-    await post_chat(gateway, "drop", rid)
+    await post_chat(gateway.url, "drop", rid)
     await gateway.ledger_rows(rid)
     lines = [line for line in gateway.log_text().splitlines() if rid in line]
     failures = [line for line in lines if '"upstream failed"' in line]

@@ -13,7 +13,7 @@ import tiktoken
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.conftest import Gateway, Sim, new_request_id, open_raw_stream, parse_events
+from tests.helpers import Gateway, Sim, new_request_id, open_raw_stream, parse_events, post_chat
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -24,12 +24,7 @@ def any_gateway(request: pytest.FixtureRequest) -> Gateway:
 
 
 async def chat(gateway: Gateway, model: str, rid: str, content: str = "hello there") -> httpx.Response:
-    async with httpx.AsyncClient(timeout=15) as client:
-        return await client.post(
-            f"{gateway.url}/chat",
-            json={"model": model, "messages": [{"role": "user", "content": content}]},
-            headers={"X-Request-ID": rid},
-        )
+    return await post_chat(gateway.url, model, rid, content=content)
 
 
 @pytest.mark.parametrize(

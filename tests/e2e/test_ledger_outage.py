@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import Gateway, TcpProxy, new_request_id, parse_events, via_proxy
+from tests.helpers import Gateway, TcpProxy, chat_body, new_request_id, parse_events, via_proxy, wait_until
 
 FAST_RETRY = {
     "TOKENRELAY_LEDGER__RETRY_INITIAL_SECONDS": "0.1",
@@ -32,9 +32,7 @@ async def run_streams(gateway: Gateway, count: int, model: str = "fast") -> list
 
         async def one(rid: str) -> None:
             response = await client.post(
-                f"{gateway.url}/chat",
-                json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
-                headers={"X-Request-ID": rid},
+                f"{gateway.url}/chat", content=chat_body(model), headers={"X-Request-ID": rid}
             )
             assert response.status_code == 200
             assert parse_events(response.content)[-1]["type"] == "done"
@@ -48,9 +46,7 @@ def spooled_lines(spool_dir: Path) -> int:
 
 
 async def wait_for(predicate: Any, timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
+    await wait_until(predicate, timeout=timeout, interval=0.05)
 
 
 async def assert_one_row_each(gateway: Gateway, rids: list[str], status: str = "completed") -> None:

@@ -22,8 +22,8 @@ import orjson
 import psutil
 import pytest
 
-from tests.conftest import Gateway, _launch_gateway, new_request_id, open_raw_stream, parse_events
 from tests.e2e.test_web_page import BROWSER_TESTS, CHROMIUM, needs_browser, node_test
+from tests.helpers import Gateway, launch_gateway, new_request_id, open_raw_stream, parse_events
 from tokenrelay.local.discovery import bundled_model_path, unavailable_reason
 
 LOCAL_CONFIG = """\
@@ -53,7 +53,7 @@ def _needs_local_model() -> None:
 @pytest.fixture(scope="module")
 def local_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("local")
-    gw = _launch_gateway(tmp, config=LOCAL_CONFIG, database_url=f"sqlite+aiosqlite:///{tmp / 'ledger.db'}")
+    gw = launch_gateway(tmp, config=LOCAL_CONFIG, database_url=f"sqlite+aiosqlite:///{tmp / 'ledger.db'}")
     wait_local_ready(gw)
     yield gw
     gw.stop()
@@ -225,9 +225,7 @@ def test_out_of_the_box_default_lazy_start_and_stop(tmp_path: Path) -> None:
         "TOKENRELAY_LOCAL_MODEL__START": "lazy",
         "TOKENRELAY_LOCAL_MODEL__THREADS": "1",
     }
-    gw = _launch_gateway(
-        tmp_path, config="", database_url=f"sqlite+aiosqlite:///{tmp_path / 'l.db'}", env=env
-    )
+    gw = launch_gateway(tmp_path, config="", database_url=f"sqlite+aiosqlite:///{tmp_path / 'l.db'}", env=env)
     try:
         models = httpx.get(f"{gw.url}/v1/models", timeout=5).json()["data"]
         assert [m["id"] for m in models] == ["local", "tokenrelay-sim"]
@@ -252,7 +250,7 @@ def test_out_of_the_box_default_lazy_start_and_stop(tmp_path: Path) -> None:
 
 
 def test_the_model_dies_with_a_killed_gateway(tmp_path: Path) -> None:
-    gw = _launch_gateway(
+    gw = launch_gateway(
         tmp_path, config=LOCAL_CONFIG, database_url=f"sqlite+aiosqlite:///{tmp_path / 'k.db'}"
     )
     pid = wait_local_ready(gw)["pid"]

@@ -9,11 +9,11 @@ import time
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Gateway, Sim, closed_port, new_request_id, open_raw_stream
+from tests.helpers import Gateway, Sim, closed_port, new_request_id, open_raw_stream, wait_until
+from tests.helpers import chat_body as body
 from tokenrelay.top import quantile
 
 COMPLETED, BEFORE_FIRST_TOKEN, MID_STREAM = 4, 2, 3
@@ -43,10 +43,6 @@ def total(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: st
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
 
 
-def body(model: str) -> bytes:
-    return orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hello"}]})
-
-
 async def run_workload(gw: Gateway, sim: Sim) -> None:
     async with httpx.AsyncClient(timeout=10) as client:
         for _ in range(COMPLETED):
@@ -57,8 +53,7 @@ async def run_workload(gw: Gateway, sim: Sim) -> None:
     for _ in range(BEFORE_FIRST_TOKEN):
         rid = new_request_id()
         stream = await open_raw_stream(gw.url, "/chat", body("stall-first"), rid)
-        while sim.request(rid) is None:
-            await asyncio.sleep(0.01)
+        await sim.wait_request(rid)
         await asyncio.sleep(0.3)  # a keep-alive or two go out meanwhile
         stream.close()
         await sim.wait_ended(rid)
@@ -126,9 +121,7 @@ async def test_spooled_rows_show_while_the_database_is_away(start_gateway: Any) 
     async with httpx.AsyncClient(timeout=10) as client:
         for _ in range(3):
             await client.post(f"{gw.url}/chat", content=body("fast"))
-    deadline = time.monotonic() + 10
-    while total(scrape(gw.url), "tokenrelay_ledger_spooled_rows") < 3 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: total(scrape(gw.url), "tokenrelay_ledger_spooled_rows") >= 3)
     assert total(scrape(gw.url), "tokenrelay_ledger_spooled_rows") == 3
 
 

@@ -20,7 +20,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import Gateway, Sim, free_port, new_request_id, open_raw_stream
+from tests.helpers import Gateway, Sim, free_port, new_request_id, open_raw_stream
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "tokenrelay.conf"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

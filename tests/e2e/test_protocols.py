@@ -7,7 +7,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import Gateway, Sim, new_request_id, parse_events
+from tests.helpers import Gateway, Sim, new_request_id, parse_events
 
 TRICKY_TEXT = (
     'Line one\nline "two" with \\backslash\\ and \ttab\r\n'

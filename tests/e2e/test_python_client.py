@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Gateway, Sim, closed_port, new_request_id
+from tests.helpers import Gateway, Sim, closed_port, new_request_id
 from tokenrelay.client import (
     AsyncClient,
     BadRequestError,

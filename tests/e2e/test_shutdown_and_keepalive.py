@@ -7,13 +7,8 @@ import signal
 import time
 from typing import Any
 
-import orjson
-
-from tests.conftest import Gateway, Sim, new_request_id, open_raw_stream, parse_events
-
-
-def body(model: str) -> bytes:
-    return orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+from tests.helpers import Gateway, Sim, new_request_id, open_raw_stream, parse_events
+from tests.helpers import chat_body as body
 
 
 async def test_sigterm_drains_then_ends_remaining_streams_with_shutdown_error(

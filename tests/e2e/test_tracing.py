@@ -7,12 +7,10 @@ loop) so that the SDK's in-memory exporter can collect its spans.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import orjson
 import pytest
 import uvicorn
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -20,7 +18,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from tests.conftest import Sim, free_port, model_table, new_request_id, open_raw_stream
+from tests.helpers import Sim, free_port, model_table, new_request_id, open_raw_stream, wait_until
+from tests.helpers import chat_body as body
 from tokenrelay.app import create_app
 from tokenrelay.config import load_settings
 
@@ -47,21 +46,18 @@ async def traced(sim: Sim, tmp_path: Path) -> AsyncIterator[tuple[str, InMemoryS
 
 async def finished_spans(exporter: InMemorySpanExporter, request_id: str) -> list[ReadableSpan]:
     """The stream span of ``request_id`` and its children, once the stream span has ended."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        spans = exporter.get_finished_spans()
-        stream = [s for s in spans if (s.attributes or {}).get("tokenrelay.request_id") == request_id]
-        if stream:
-            children = [
-                s for s in spans if s.parent is not None and s.parent.span_id == stream[0].context.span_id
-            ]
-            return [*stream, *children]
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no span for {request_id}")
 
+    def stream_span() -> list[ReadableSpan]:
+        return [
+            s
+            for s in exporter.get_finished_spans()
+            if (s.attributes or {}).get("tokenrelay.request_id") == request_id
+        ]
 
-def body(model: str) -> bytes:
-    return orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+    stream = await wait_until(stream_span, timeout=5, what=f"the span of {request_id}")
+    spans = exporter.get_finished_spans()
+    children = [s for s in spans if s.parent is not None and s.parent.span_id == stream[0].context.span_id]
+    return [*stream, *children]
 
 
 async def test_a_completed_stream_and_its_upstream_call(traced: tuple[str, InMemorySpanExporter]) -> None:
