@@ -12,6 +12,9 @@ Behaviour is chosen per request by query-style options in the model name
 ``ttft=S``         seconds between the headers and the first content chunk
 ``stall_after=N``  after N content chunks, go silent for ``stall_seconds`` (default 30)
 ``drop_after=N``   after N content chunks, drop the connection abruptly
+``drop=reset``     drop with a TCP reset instead of a clean close (FIN), the default ``fin``
+``burst=1``        hold every write until the end (or the drop): headers, chunks and the close
+                   reach the client together, as from a fast upstream behind a buffering proxy
 ``error_after=N``  after N content chunks, send an in-stream ``{"error": ...}`` and end
 ``status=C``       answer HTTP C with an OpenAI-shaped error before streaming
 ``retry_after=S``  ``Retry-After`` header with ``status``
@@ -26,84 +29,26 @@ system-wide on Linux so tests in another process can compare) and how each one e
 from __future__ import annotations
 
 import asyncio
-import collections
-import itertools
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
-_FILLER_TEXT = (
-    "tokens stream from the simulated upstream through tokenrelay so that every chunk can be seen "
-    "as it is generated and nothing waits for the end of the answer"
-)
-FILLER = _FILLER_TEXT.split()
+from tokenrelay.sim.behaviour import RequestStats, SimOptions, SimState, answer, usage
+from tokenrelay.sim.connection import cork, drop_connection, peer_gone
 
 _BATCH_EVENTS = 64  # events per write when sending as fast as possible
 
 
-@dataclass(slots=True)
-class SimOptions:
-    tokens: int | None = None
-    echo: bool = False
-    piece: int = 3
-    tps: float = 0.0
-    headers_delay: float = 0.0
-    ttft: float = 0.0
-    stall_after: int | None = None
-    stall_seconds: float = 30.0
-    drop_after: int | None = None
-    error_after: int | None = None
-    status: int | None = None
-    retry_after: str | None = None
-    usage: bool = True
-
-    @classmethod
-    def parse(cls, text: str) -> SimOptions:
-        options = cls()
-        for key, value in parse_qsl(text, keep_blank_values=True):
-            if key in ("echo", "usage"):
-                setattr(options, key, value not in ("0", "false", ""))
-            elif key == "retry_after":
-                options.retry_after = value
-            elif key in ("tokens", "piece", "stall_after", "drop_after", "error_after", "status"):
-                setattr(options, key, int(value))
-            elif key in ("tps", "headers_delay", "ttft", "stall_seconds"):
-                setattr(options, key, float(value))
-        return options
-
-
-@dataclass(slots=True)
-class RequestStats:
-    request_id: str
-    model: str
-    stream: bool
-    started_at: float
-    headers_sent_at: float | None = None
-    first_chunk_at: float | None = None
-    chunks_sent: int = 0
-    ended_at: float | None = None
-    end: str | None = None
-
-
-@dataclass
-class SimState:
-    requests: collections.deque[RequestStats] = field(
-        default_factory=lambda: collections.deque(maxlen=20_000)
-    )
-    active: int = 0
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"active": self.active, "requests": [asdict(r) for r in self.requests]}
-
-
 class _Dropped(Exception):
     """Raised inside the app so the server closes the connection without ending the body."""
+
+
+class _PeerGone(Exception):
+    """The client's connection is gone (the write that found out was dropped)."""
 
 
 class SimulatedUpstream:
@@ -151,13 +96,13 @@ class SimulatedUpstream:
         )
         self.state.requests.append(stats)
         self.state.active += 1
-        answer = _answer(request.get("messages", []), options)
+        pieces = answer(request.get("messages", []), options)
         include_usage = bool((request.get("stream_options") or {}).get("include_usage")) and options.usage
-        task = asyncio.ensure_future(_respond(send, request, answer, options, stats, include_usage))
+        task = asyncio.ensure_future(_respond(send, request, pieces, options, stats, include_usage))
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
         try:
             done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if task in done:
+            if task in done and not isinstance(task.exception(), _PeerGone):
                 task.result()  # re-raises _Dropped so uvicorn cuts the connection
             else:
                 stats.end = "client_closed"
@@ -207,47 +152,6 @@ async def _json(
     await send({"type": "http.response.body", "body": body})
 
 
-def _last_user_text(messages: list[dict[str, Any]]) -> str:
-    for message in reversed(messages):
-        content = message.get("content")
-        if message.get("role") == "user" and isinstance(content, str):
-            return content
-    return ""
-
-
-class _FillerWords(Sequence[str]):
-    """N filler words, made as they are streamed (a list of 100,000 would stall the loop)."""
-
-    def __init__(self, count: int) -> None:
-        self._count = count
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __getitem__(self, index: Any) -> Any:
-        raise NotImplementedError("iterate instead")
-
-    def __iter__(self) -> Iterator[str]:
-        words = itertools.islice(itertools.cycle(FILLER), self._count)
-        return (word if i == 0 else " " + word for i, word in enumerate(words))
-
-
-def _answer(messages: list[dict[str, Any]], options: SimOptions) -> Sequence[str]:
-    """The answer as the pieces that will be streamed, one per chunk."""
-    if options.echo:
-        text = _last_user_text(messages)
-        return [text[i : i + options.piece] for i in range(0, len(text), options.piece)]
-    if options.tokens is not None:
-        return _FillerWords(options.tokens)
-    said = _last_user_text(messages)[:200]
-    text = f"Hello from the simulated model. You said: {said!r}. " + " ".join(FILLER) + "."
-    return [text[i : i + 4] for i in range(0, len(text), 4)]
-
-
-def _prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    return sum(len(str(m.get("content", "")).split()) + 3 for m in messages) + 3
-
-
 async def _error_status(send: Send, options: SimOptions, stats: RequestStats) -> None:
     status = options.status or 500
     headers = [(b"retry-after", options.retry_after.encode())] if options.retry_after else []
@@ -284,6 +188,8 @@ async def _stream(
     stats: RequestStats,
     include_usage: bool,
 ) -> None:
+    if options.burst:
+        cork(send, True)
     await send(
         {
             "type": "http.response.start",
@@ -306,6 +212,10 @@ async def _stream(
 
     async def write(payload: bytes) -> None:
         await send({"type": "http.response.body", "body": payload, "more_body": True})
+        if peer_gone(send):
+            # uvicorn drops writes to a connection that is gone without a word: stop generating,
+            # as a real server does when its client leaves.
+            raise _PeerGone
 
     await write(
         b"data: " + head + b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
@@ -324,6 +234,7 @@ async def _stream(
         if index == options.drop_after:
             await write(bytes(batch))
             stats.end = "dropped"
+            drop_connection(send, reset=options.drop == "reset")
             raise _Dropped
         if index == options.error_after:
             batch += (
@@ -350,21 +261,14 @@ async def _stream(
             batch.clear()
     batch += b"data: " + head + b',"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
     if include_usage:
-        usage = _usage(request, len(answer))
-        batch += b"data: " + head + b',"choices":[],"usage":' + orjson.dumps(usage) + b"}\n\n"
+        counts = usage(request, len(answer))
+        batch += b"data: " + head + b',"choices":[],"usage":' + orjson.dumps(counts) + b"}\n\n"
     batch += b"data: [DONE]\n\n"
     await write(bytes(batch))
     await send({"type": "http.response.body", "body": b""})
-    stats.end = "completed"
-
-
-def _usage(request: dict[str, Any], completion_tokens: int) -> dict[str, int]:
-    prompt = _prompt_tokens(request.get("messages", []))
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt + completion_tokens,
-    }
+    if options.burst:
+        cork(send, False)
+    stats.end = "client_closed" if peer_gone(send) else "completed"
 
 
 async def _complete(
@@ -385,7 +289,7 @@ async def _complete(
                 "finish_reason": "stop",
             }
         ],
-        "usage": _usage(request, len(answer)),
+        "usage": usage(request, len(answer)),
     }
     await _json(send, 200, body)
     stats.end = "completed"
