@@ -51,11 +51,12 @@ import pgdb  # noqa: E402  (bench/ is the script's directory, first on sys.path)
 import tokenrelay  # noqa: E402
 from tokenrelay.config import LedgerSettings  # noqa: E402
 from tokenrelay.ledger.db import create_engine  # noqa: E402
-from tokenrelay.ledger.record import StreamRecord, StreamStatus, UsageSource  # noqa: E402
 from tokenrelay.ledger.spool import Spool  # noqa: E402
 from tokenrelay.ledger.store import LedgerStore  # noqa: E402
 from tokenrelay.ledger.tokens import TokenCounter  # noqa: E402
 from tokenrelay.ledger.writer import LedgerWriter  # noqa: E402
+from tokenrelay.observability.metrics import NoMetrics  # noqa: E402
+from tokenrelay.record import StreamRecord, StreamStatus, UsageSource  # noqa: E402
 
 BATCH_MAX_ROWS = 200
 BATCH_MAX_SECONDS = 0.1
@@ -143,7 +144,8 @@ async def run_variant(
     if url is not None:
         ledger = LedgerSettings(database_url=url, spool_dir=spool_dir, **settings)
         engine = create_engine(ledger)
-        store = LedgerStore(engine=engine, spool=Spool(spool_dir, min_free_bytes=0), settings=ledger)
+        spool = Spool(spool_dir, min_free_bytes=0)
+        store = LedgerStore(engine=engine, spool=spool, settings=ledger, events=NoMetrics())
     records = [finished_record(i, variant.usage) for i in range(variant.rows)]
     postgres = variant.database == "postgresql"  # the server is not involved when unreachable
     server_cpu = pgdb.ServerCpu() if postgres else None

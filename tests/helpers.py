@@ -174,7 +174,12 @@ def model_table(sim_base_url: str) -> str:
         "fast": "tokens=20",
         "paced": "tokens=20&tps=50",
         "echo": "echo=1",
+        # Long answers at 2,000 tokens a second: the page's rendering under load.
+        "markdown": "echo=1&piece=5&tps=2000",
+        "long-line": "tokens=20000&tps=2000",
         "slow": "tokens=2000&tps=50",
+        # Far more than the kernel's socket buffers hold (a slow client's test needs that).
+        "huge": "tokens=200000",
         "stall": "tokens=50&stall_after=3&stall_seconds=30",
         "stall-first": "tokens=50&stall_after=0&stall_seconds=30",
         "headers-slow": "headers_delay=30",
@@ -183,6 +188,11 @@ def model_table(sim_base_url: str) -> str:
         "rejected": "status=400",
         "drop": "tokens=50&drop_after=5&tps=200",
         "drop-first": "tokens=50&drop_after=0",
+        # 50 of 100 tokens, then the connection is gone: as fast as possible, or paced; FIN or RST.
+        "drop50": "tokens=100&drop_after=50&burst=1",
+        "drop50-reset": "tokens=100&drop_after=50&drop=reset&burst=1",
+        "drop50-paced": "tokens=100&drop_after=50&tps=200",
+        "drop50-paced-reset": "tokens=100&drop_after=50&tps=200&drop=reset",
         "midstream-error": "tokens=50&error_after=5",
         "nousage": "tokens=20&usage=0",
         "nousage-echo": "echo=1&usage=0",
@@ -325,8 +335,11 @@ def new_request_id() -> str:
 
 
 def chat_body(model: str | None = "fast", content: str = "hello", **extra: Any) -> bytes:
-    """A chat request body (both routes take it; add ``stream=True`` for the OpenAI one)."""
-    body: dict[str, Any] = {"messages": [{"role": "user", "content": content}], **extra}
+    """A chat request body (both routes take it; add ``stream=True`` for the OpenAI one).
+
+    Extra fields that are None are left out."""
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": content}]}
+    body.update((name, value) for name, value in extra.items() if value is not None)
     if model is not None:
         body["model"] = model
     return orjson.dumps(body)
@@ -439,13 +452,14 @@ class TcpProxy:
     It stands between the gateway and PostgreSQL or Redis to make an outage (or a slow server)
     without touching the shared server. It runs its own event loop in a thread, so it keeps
     forwarding while a test blocks. ``reply_delay`` holds back every reply from the server
-    for that many seconds; ``replies`` counts the replies passed on.
+    for that many seconds; ``requests`` and ``replies`` count what was passed on each way.
     """
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = free_port()
         self.reply_delay = 0.0
+        self.requests = 0
         self.replies = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -513,6 +527,8 @@ class TcpProxy:
                     await writer.drain()
                     if replies:
                         self.replies += 1
+                    else:
+                        self.requests += 1
             except OSError:
                 pass
             finally:

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tokenrelay.app import create_app
-    from tokenrelay.config import ModelConfig, Settings, load_settings
+    from tokenrelay.catalog import load_settings
+    from tokenrelay.config import ModelConfig, Settings
 
 __version__ = "0.1.0"
 __all__ = ["ModelConfig", "Settings", "__version__", "create_app", "load_settings"]
@@ -18,7 +19,11 @@ def __getattr__(name: str) -> Any:
         from tokenrelay.app import create_app
 
         return create_app
-    if name in ("ModelConfig", "Settings", "load_settings"):
+    if name == "load_settings":
+        from tokenrelay.catalog import load_settings
+
+        return load_settings
+    if name in ("ModelConfig", "Settings"):
         from tokenrelay import config
 
         return getattr(config, name)

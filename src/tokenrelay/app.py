@@ -20,15 +20,16 @@ from typing import Any
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import Receive, Scope, Send
 
 from tokenrelay.api.errors import install_error_handlers
-from tokenrelay.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from tokenrelay.api.middleware import BodyLimitMiddleware, RequestIdMiddleware, offer_connection_abort
 from tokenrelay.api.routes import router, stream_routes
 from tokenrelay.api.usage import usage_router
-from tokenrelay.auth.keys import Authenticator, KeyStore
-from tokenrelay.config import BUILTIN_LOCAL_URL, BUILTIN_SIM_URL, Settings, load_settings
+from tokenrelay.auth.keys import Authenticator, KeyStore, secret_detector
+from tokenrelay.catalog import load_settings, local_model_path
+from tokenrelay.config import BUILTIN_LOCAL_URL, BUILTIN_SIM_URL, Settings
 from tokenrelay.ledger.db import create_engine
-from tokenrelay.ledger.record import StreamRecord
 from tokenrelay.ledger.spool import Spool
 from tokenrelay.ledger.store import LedgerStore
 from tokenrelay.ledger.tokens import TokenCounter
@@ -39,12 +40,12 @@ from tokenrelay.local.discovery import unavailable_reason
 from tokenrelay.local.supervisor import LocalModelServer
 from tokenrelay.local.upstream import LocalTokenizer, LocalUpstream
 from tokenrelay.observability.logging import configure_logging, log_stream_end
-from tokenrelay.observability.metrics import Metrics
-from tokenrelay.observability.tracing import Tracing, otlp_tracer_provider, tracing_requested
-from tokenrelay.relay.lifecycle import DrainCoordinator, RelayRuntime
+from tokenrelay.observability.metrics import Metrics, NoMetrics
+from tokenrelay.observability.tracing import NoTracing, Tracing, otlp_tracer_provider, tracing_requested
+from tokenrelay.record import StreamRecord
+from tokenrelay.relay import DrainCoordinator, RelayRuntime
 from tokenrelay.sim.embedded import EmbeddedSim
-from tokenrelay.upstreams.openai_compat import Upstream
-from tokenrelay.upstreams.registry import Upstreams
+from tokenrelay.upstreams import Upstream, Upstreams
 from tokenrelay.web import web_routes
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,10 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
                 stack.callback(sim.stop)
                 log.info("simulated upstream ready", extra={"base_url": url_overrides[BUILTIN_SIM_URL]})
 
-            metrics = Metrics() if settings.metrics_enabled else None
-            if metrics is not None:
-                stack.callback(metrics.close)
+            metrics = Metrics() if settings.metrics_enabled else NoMetrics()
+            stack.callback(metrics.close)
 
-            tracing = None
+            tracing: Tracing | NoTracing = NoTracing()
             if tracer_provider is not None or tracing_requested():
                 tracing = Tracing(tracer_provider or otlp_tracer_provider())
                 stack.callback(tracing.close)
@@ -91,7 +91,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
                 engine = create_engine(settings.ledger)
                 stack.push_async_callback(engine.dispose)
                 spool = Spool(settings.ledger.spool_dir, min_free_bytes=settings.ledger.spool_min_free_bytes)
-                store = LedgerStore(engine=engine, spool=spool, settings=settings.ledger, metrics=metrics)
+                store = LedgerStore(engine=engine, spool=spool, settings=settings.ledger, events=metrics)
                 await store.start()
                 stack.push_async_callback(store.close)
             writer = LedgerWriter(
@@ -99,7 +99,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
                 counter=counter,
                 batch_max_rows=settings.ledger.batch_max_rows,
                 batch_max_seconds=settings.ledger.batch_max_seconds,
-                on_finished=log_stream_end if metrics is None else _log_and_count(metrics),
+                on_finished=_log_and_count(metrics),
             )
             await writer.start()
             stack.push_async_callback(writer.close)
@@ -121,10 +121,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
 
             auth, limiter, spending = None, None, None
             if settings.auth.enabled:
-                auth, limiter, spending = _start_auth(settings, engine)
-                stack.push_async_callback(limiter.aclose)
-                if isinstance(spending, RedisSpending):
-                    stack.push_async_callback(spending.aclose)
+                auth, limiter, spending = await _start_auth(settings, engine, stack)
                 writer.on_usage = spending.add
 
             app.state.runtime = RelayRuntime(
@@ -147,12 +144,18 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
             # reach, so full collections stay short (a 100 ms pause was measured without this).
             gc.collect()
             gc.freeze()
+            url = _public_url(settings)
             log.info(
-                "tokenrelay ready", extra={"models": list(settings.models), "default": settings.default_model}
+                f"tokenrelay ready on {url}"
+                + (" (the chat page)" if settings.web_page else "")
+                + f"; default model {settings.default_model}",
+                extra={"url": url, "models": list(settings.models), "default": settings.default_model},
             )
             yield
 
-    app = FastAPI(title="tokenrelay", version="0.1.0", lifespan=lifespan)
+    if not settings.models:
+        raise ValueError("no models configured (catalog.load_settings fills in the built-in ones)")
+    app = TokenRelayApp(title="tokenrelay", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.router.routes.extend(stream_routes)
     app.include_router(router)
@@ -160,12 +163,32 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     if settings.web_page:
         app.router.routes.extend(web_routes())
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestIdMiddleware)
+    admin_key = settings.auth.admin_key.get_secret_value() if settings.auth.admin_key else None
+    app.add_middleware(RequestIdMiddleware, is_secret=secret_detector(admin_key))
     return app
 
 
-def _start_auth(
-    settings: Settings, engine: AsyncEngine | None
+class TokenRelayApp(FastAPI):
+    """The gateway's ASGI app: FastAPI, plus the server's connection abort offered to the relay.
+
+    Here rather than in a middleware: Starlette's outermost middleware (its error handler)
+    wraps ``send`` before any middleware of ours sees it.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            offer_connection_abort(scope, send)
+        await super().__call__(scope, receive, send)
+
+
+def _public_url(settings: Settings) -> str:
+    """Where a person on this machine finds the gateway."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}/"
+
+
+async def _start_auth(
+    settings: Settings, engine: AsyncEngine | None, stack: AsyncExitStack
 ) -> tuple[Authenticator, RateLimiter, Spending]:
     """Keys from the ledger database; limits and spending in memory, or in Redis if configured."""
     if engine is None:
@@ -175,15 +198,18 @@ def _start_auth(
     limiter: RateLimiter
     spending: Spending
     if settings.auth.redis_url:
+        import redis.asyncio as redis
+
+        # One client (one connection pool) for limits and budgets alike.
+        client = redis.Redis.from_url(settings.auth.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        stack.push_async_callback(client.aclose)
         longest = max(m.total_timeout_seconds for m in settings.models.values())
         limiter = RedisRateLimiter(
-            settings.auth.redis_url,
+            client,
             fail_open=settings.auth.rate_limit_on_redis_error == "open",
             longest_stream_seconds=longest,
         )
-        spending = RedisSpending(
-            settings.auth.redis_url, engine, fail_open=settings.auth.budget_on_redis_error == "open"
-        )
+        spending = RedisSpending(client, engine, fail_open=settings.auth.budget_on_redis_error == "open")
     else:
         limiter = MemoryRateLimiter()
         spending = MemorySpending(engine)
@@ -193,7 +219,7 @@ def _start_auth(
     return auth, limiter, spending
 
 
-def _log_and_count(metrics: Metrics) -> Callable[[StreamRecord], None]:
+def _log_and_count(metrics: Metrics | NoMetrics) -> Callable[[StreamRecord], None]:
     """The per-stream log line and metrics, from the same finished record."""
 
     def finished(record: StreamRecord) -> None:
@@ -212,10 +238,10 @@ async def _start_local_model(
         if settings.local_model.enabled is None and not any(
             m.base_url.startswith("http") for m in settings.models.values()
         ):
-            reason = unavailable_reason(settings.local_model.model_path())
+            reason = unavailable_reason(local_model_path(settings.local_model))
             log.info("no local model", extra={"reason": reason})
         return None
-    path = settings.local_model.model_path()
+    path = local_model_path(settings.local_model)
     reason = unavailable_reason(path)
     if reason is not None or path is None:
         raise RuntimeError(f"model {local_models[0]!r} needs the local model, but {reason}")
@@ -270,5 +296,5 @@ class _drain_on_signals:
 def create_app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` and worker processes: settings from file and env."""
     settings = load_settings()
-    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    configure_logging(level=settings.log_level, fmt=settings.log_format, access_log=settings.access_log)
     return create_app(settings)

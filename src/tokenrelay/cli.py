@@ -21,13 +21,17 @@ if TYPE_CHECKING:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from tokenrelay.config import CONFIG_FILE_ENV, load_settings
+    from tokenrelay.catalog import load_settings
+    from tokenrelay.config import CONFIG_FILE_ENV
 
     if args.config:
         # Workers are separate processes: they find the file through the environment.
         os.environ[CONFIG_FILE_ENV] = str(Path(args.config).resolve())
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v}
-    settings = load_settings(**overrides)
+    # Workers read their settings from the environment: they see the flags there too.
+    for name, value in overrides.items():
+        os.environ[f"TOKENRELAY_{name.upper()}"] = str(value)
+    settings = load_settings()
     if not settings.auth.enabled and settings.host not in LOOPBACK_HOSTS:
         print(
             f"tokenrelay: refusing to serve on {settings.host} without API keys: anyone who can reach "
@@ -49,7 +53,8 @@ def _serve(args: argparse.Namespace) -> int:
             port=settings.port,
             workers=settings.workers,
             log_config=None,
-            access_log=False,
+            # The app's logging set-up decides (observability/logging.py: no query strings).
+            access_log=settings.access_log,
             timeout_keep_alive=30,
             # Streams end by themselves after drain_seconds; this is only the last resort.
             timeout_graceful_shutdown=int(settings.drain_seconds) + 10,
@@ -90,7 +95,7 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from tokenrelay.config import load_settings
+    from tokenrelay.catalog import load_settings
     from tokenrelay.ledger.db import upgrade_to_head
 
     settings = load_settings(Path(args.config) if args.config else None)
@@ -196,7 +201,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 async def _keys_command(args: argparse.Namespace) -> int:
     from tokenrelay.auth.keys import KeyStore
-    from tokenrelay.config import load_settings
+    from tokenrelay.catalog import load_settings
     from tokenrelay.ledger.db import create_engine, prepare_schema
 
     settings = load_settings(Path(args.config) if args.config else None)

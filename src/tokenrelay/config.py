@@ -2,6 +2,9 @@
 
 Precedence, highest first: keyword arguments, environment variables, the TOML file, defaults.
 Nested values use ``__`` in environment variables, e.g. ``TOKENRELAY_LEDGER__DATABASE_URL``.
+
+Pure data: nothing here looks at the machine. The models a gateway offers when the file names
+none (OpenAI's, the local model, the simulator) are found by ``catalog.load_settings``.
 """
 
 from __future__ import annotations
@@ -24,11 +27,7 @@ BUILTIN_SIM_URL = "builtin:sim"
 BUILTIN_LOCAL_URL = "builtin:local"
 # tokenizer_encoding meaning "count with the model's own tokenizer" (the local model's).
 MODEL_TOKENIZER = "model"
-LOCAL_MODEL_PATH_ENV = "TOKENRELAY_LOCAL_MODEL_PATH"
-
-OPENAI_BASE_URL = "https://api.openai.com/v1"
-# Offered automatically when OPENAI_API_KEY is set and no model table is configured.
-OPENAI_PRESET_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1")
+CONFIG_FILE_ENV = "TOKENRELAY_CONFIG_FILE"
 
 
 class ModelConfig(BaseModel):
@@ -127,16 +126,6 @@ class LocalModelSettings(BaseModel):
     restart_initial_seconds: float = Field(default=1.0, gt=0)
     restart_max_seconds: float = Field(default=30.0, gt=0)
 
-    def model_path(self) -> Path | None:
-        """The configured file, else ``$TOKENRELAY_LOCAL_MODEL_PATH``, else the bundled one."""
-        if self.path is not None:
-            return self.path
-        if os.environ.get(LOCAL_MODEL_PATH_ENV):
-            return Path(os.environ[LOCAL_MODEL_PATH_ENV])
-        from tokenrelay.local.discovery import bundled_model_path
-
-        return bundled_model_path()
-
 
 class AuthSettings(BaseModel):
     """API keys and per-key limits (see docs/security.md)."""
@@ -169,11 +158,16 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|console)$")
+    # One line per HTTP request from uvicorn, query strings left out (they can hold secrets).
+    access_log: bool = False
 
     default_model: str | None = None
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
     keepalive_seconds: float = Field(default=15.0, gt=0)
+    # A client that has not taken one write in this long has stopped reading: the stream ends
+    # as client_too_slow (the upstream is not blamed, and nothing piles up in memory).
+    client_write_timeout_seconds: float = Field(default=30.0, gt=0)
     drain_seconds: float = Field(default=10.0, ge=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     # The chat page at `/`; an API-only deployment may turn it off.
@@ -207,14 +201,19 @@ class Settings(BaseSettings):
         return models
 
     @model_validator(mode="after")
-    def _fill_default_models(self) -> Settings:
-        if not self.models:
-            self.models = default_models(self.local_model)
-        if self.default_model is None:
-            self.default_model = next(iter(self.models))
-        if self.default_model not in self.models:
-            raise ValueError(f"default_model {self.default_model!r} is not in models")
+    def _default_model_exists(self) -> Settings:
+        # No models yet: catalog.load_settings fills in the built-in ones, then checks again.
+        if self.models:
+            self.use_models(self.models)
         return self
+
+    def use_models(self, models: dict[str, ModelConfig]) -> None:
+        """Serve ``models``; the default model is the first one unless one was chosen."""
+        self.models = models
+        if self.default_model is None:
+            self.default_model = next(iter(models))
+        if self.default_model not in models:
+            raise ValueError(f"default_model {self.default_model!r} is not in models")
 
     def model(self, name: str | None) -> tuple[str, ModelConfig] | None:
         """Resolve a public model name (None: the default) to its config."""
@@ -224,55 +223,11 @@ class Settings(BaseSettings):
         return (public, config) if config is not None else None
 
 
-def local_model_config(local: LocalModelSettings, path: Path) -> ModelConfig:
-    """The model table entry of the local model."""
-    return ModelConfig(
-        base_url=BUILTIN_LOCAL_URL,
-        upstream_model=local.name,
-        tokenizer_encoding=MODEL_TOKENIZER,
-        # Time in the queue counts too: one answer at a time, so a wait can be long.
-        first_token_timeout_seconds=600.0,
-        description=f"{path.name}, running on this machine's CPU (llama.cpp)",
-    )
+def read_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from a TOML file (argument, else ``$TOKENRELAY_CONFIG_FILE``), env and overrides.
 
-
-def default_models(local: LocalModelSettings | None = None) -> dict[str, ModelConfig]:
-    """Models available with no model table: OpenAI's if a key is set, else the local model
-    (when installed) first, and always the simulator."""
-    models: dict[str, ModelConfig] = {}
-    local = local or LocalModelSettings()
-    has_openai_key = bool(os.environ.get("OPENAI_API_KEY"))
-    if local.enabled if local.enabled is not None else not has_openai_key:
-        from tokenrelay.local.discovery import unavailable_reason
-
-        path = local.model_path()
-        reason = unavailable_reason(path)
-        if reason is None and path is not None:
-            models[local.name] = local_model_config(local, path)
-        elif local.enabled:
-            raise ValueError(f"local_model.enabled is true but {reason}")
-    if has_openai_key:
-        for name in OPENAI_PRESET_MODELS:
-            models[name] = ModelConfig(
-                base_url=OPENAI_BASE_URL,
-                api_key_env="OPENAI_API_KEY",
-                tokenizer_encoding="o200k_base",
-                description="OpenAI",
-            )
-    models["tokenrelay-sim"] = ModelConfig(
-        base_url=BUILTIN_SIM_URL,
-        # Paced like a real model so the demo shows tokens arriving.
-        upstream_model="sim?tps=40",
-        description="Simulated model built into tokenrelay (no API key, no real model)",
-    )
-    return models
-
-
-CONFIG_FILE_ENV = "TOKENRELAY_CONFIG_FILE"
-
-
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build settings from a TOML file (argument, else ``$TOKENRELAY_CONFIG_FILE``), env and overrides."""
+    ``models`` may come back empty; ``catalog.load_settings`` fills in the built-in ones.
+    """
     path = config_file or (Path(os.environ[CONFIG_FILE_ENV]) if os.environ.get(CONFIG_FILE_ENV) else None)
     if path is None:
         return Settings(**overrides)

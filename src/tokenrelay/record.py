@@ -1,4 +1,8 @@
-"""What the relay knows about one stream: its outcome and its counts."""
+"""What the gateway knows about one stream: its outcome and its counts.
+
+Built at admission, filled in by the relay as the stream runs, handed to the ledger writer at
+the end. Observability and the ledger read it; nothing here knows how it is stored or shown.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,25 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+# Text parts joined into one block every this many (see StreamRecord.fold_completion).
+FOLD_EVERY = 4096
+
 
 class StreamStatus(StrEnum):
     """How a stream ended."""
 
     COMPLETED = "completed"
     CLIENT_DISCONNECTED = "client_disconnected"
+    # The client stopped reading: one write stayed blocked for client_write_timeout_seconds.
+    CLIENT_TOO_SLOW = "client_too_slow"
     UPSTREAM_ERROR = "upstream_error"
     TIMEOUT = "timeout"
     BUDGET_EXCEEDED = "budget_exceeded"
     SHUTDOWN = "shutdown"
+
+
+# Ends the client caused: not the upstream's failures, not the gateway's.
+CLIENT_ENDS = frozenset({StreamStatus.CLIENT_DISCONNECTED, StreamStatus.CLIENT_TOO_SLOW})
 
 
 class DisconnectPhase(StrEnum):
@@ -38,7 +51,7 @@ class UsageSource(StrEnum):
 
 @dataclass(slots=True, eq=False)
 class StreamRecord:
-    """One stream from admission to its end. Times ending in ``_mono`` are ``loop.time()``."""
+    """One stream from admission to its end. Times ending in ``_mono`` are ``time.monotonic()``."""
 
     stream_id: str
     request_id: str
@@ -55,7 +68,11 @@ class StreamRecord:
     finished_mono: float | None = None
     finished_at: datetime | None = None
     chunk_count: int = 0
+    # The answer's text as it arrived: one string per content chunk, folded into blocks as it grows.
     completion_parts: list[str] = field(default_factory=list)
+    # Content chunks folded into blocks so far, and how many leading parts are blocks.
+    folded_parts: int = 0
+    folded_blocks: int = 0
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     usage_source: UsageSource | None = None
@@ -89,12 +106,33 @@ class StreamRecord:
         prompt_price, completion_price = self.prices
         return (self.prompt_tokens * prompt_price + (self.completion_tokens or 0) * completion_price) / 1e6
 
+    @property
+    def content_chunks(self) -> int:
+        """Content chunks received (each one a token, for budgets)."""
+        return len(self.completion_parts) + self.folded_parts
+
     def completion_text(self) -> str:
         """Everything the upstream generated (that reached us)."""
         return "".join(self.completion_parts)
 
-    def set_upstream_usage(self, usage: dict[str, Any]) -> None:
+    def fold_completion(self) -> None:
+        """Join the parts that arrived since the last fold into one block, once there are many.
+
+        A long answer kept as one small string per chunk costs about ten times its text (each
+        str object is ~50 bytes of overhead); blocks of a thousand cost about the text itself.
+        Each part is joined once, so folding is linear in the answer's length.
+        """
+        parts = self.completion_parts
+        if len(parts) - self.folded_blocks < FOLD_EVERY:
+            return
+        block = "".join(parts[self.folded_blocks :])
+        self.folded_parts += len(parts) - self.folded_blocks - 1
+        del parts[self.folded_blocks :]
+        parts.append(block)
+        self.folded_blocks = len(parts)
+
+    def set_upstream_usage(self, prompt_tokens: int, completion_tokens: int) -> None:
         """Take the upstream's own token counts."""
-        self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        self.completion_tokens = int(usage.get("completion_tokens") or 0)
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
         self.usage_source = UsageSource.UPSTREAM

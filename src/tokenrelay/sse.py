@@ -14,7 +14,7 @@ class SSEDecoder:
     path with no line splitting.
     """
 
-    __slots__ = ("_pending", "_after_cr")
+    __slots__ = ("_after_cr", "_pending")
 
     def __init__(self) -> None:
         self._pending = b""

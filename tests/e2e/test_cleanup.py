@@ -109,3 +109,11 @@ def test_cli_refuses_bad_invocations(args: list[str]) -> None:
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def test_serve_says_where_to_go_and_which_model_answers(gateway: Gateway) -> None:
+    """Regression (lifecycle v2, defect 10): ``dev.py serve`` never said where the page was."""
+    port = gateway.url.rsplit(":", 1)[1]
+    ready = [line for line in gateway.log_text().splitlines() if "tokenrelay ready" in line]
+    assert len(ready) == 1, ready
+    assert f"tokenrelay ready on http://127.0.0.1:{port}/ (the chat page); default model fast" in ready[0]

@@ -7,7 +7,9 @@ PostgreSQL is reached through a TCP proxy the test cuts and restores, so an outa
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import signal
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +119,8 @@ async def test_sigterm_during_outage_leaves_rows_in_the_spool_for_the_next_start
     rids = await run_streams(first, 10)
     assert await asyncio.to_thread(first.stop) == 0
     assert spooled_lines(spool_dir) == 10, "graceful shutdown keeps what it could not write"
+    left = [orjson.loads(line) for line in first.log_text().splitlines() if "left for the next start" in line]
+    assert [line["rows"] for line in left] == [10], "the shutdown line counts what is really left"
 
     pg_proxy.restore()
     second: Gateway = start_gateway(env=env, database_url=via_proxy(pg_database_url, pg_proxy))
@@ -198,3 +202,76 @@ async def test_a_broken_spool_is_reported_at_start_up(
     assert "ledger spool unavailable" in gw.log_text()
     rids = await run_streams(gw, 2)  # the database is fine: streams and rows go on
     await assert_one_row_each(gw, rids)
+
+
+async def test_rows_spooled_during_an_outage_arrive_after_it_with_no_more_traffic(
+    start_gateway: Any, pg_database_url: str, pg_proxy: TcpProxy, tmp_path: Path
+) -> None:
+    """Regression (lifecycle v2, defect 9): the replayer cleared its flag before trying the
+    database and, after a failure, waited on that cleared flag, so rows spooled during an
+    outage stayed in the spool (and /readyz degraded) until another row was spooled."""
+    spool_dir = tmp_path / "spool"
+    gw: Gateway = start_gateway(
+        env={**FAST_RETRY, "TOKENRELAY_LEDGER__SPOOL_DIR": str(spool_dir)},
+        database_url=via_proxy(pg_database_url, pg_proxy),
+    )
+    gw.database_url = pg_database_url
+    pg_proxy.cut()
+    during = await run_streams(gw, 30)
+    await wait_for(lambda: spooled_lines(spool_dir) >= 30)
+    await asyncio.sleep(1.0)  # several replay attempts fail meanwhile
+    pg_proxy.restore()
+    # No traffic from here on: the replayer must retry on its own schedule.
+    await assert_one_row_each(gw, during)
+    await wait_for(lambda: spooled_lines(spool_dir) == 0)
+    await wait_for(lambda: gw.readyz()["status"] == "ready")
+
+
+SPOOLED_ROW = {
+    "api_key_id": None,
+    "model": "fast",
+    "upstream_model": "sim?tokens=20",
+    "status": "completed",
+    "error_code": None,
+    "disconnect_phase": None,
+    "finish_reason": "stop",
+    "prompt_tokens": 9,
+    "completion_tokens": 20,
+    "usage_source": "upstream",
+    "chunk_count": 22,
+    "ttft_ms": 1.5,
+    "duration_ms": 3.0,
+    "started_at": "2026-11-30T10:00:00+00:00",
+    "finished_at": "2026-11-30T10:00:01+00:00",
+    "cost_usd": None,
+}
+
+
+async def test_a_segment_locked_at_start_up_is_replayed_once_its_lock_is_released(
+    start_gateway: Any, pg_database_url: str, tmp_path: Path
+) -> None:
+    """Regression (lifecycle v2, defect 9): a spool segment still locked by another process when
+    a gateway started (an old replica finishing its shutdown flush) was skipped and never
+    tried again, while /readyz said ``ok`` with rows spooled."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    rids = [new_request_id() for _ in range(5)]
+    segment = spool_dir / "spool-1-99999.jsonl"
+    segment.write_bytes(
+        b"".join(
+            orjson.dumps({**SPOOLED_ROW, "stream_id": uuid.uuid4().hex, "request_id": rid}) + b"\n"
+            for rid in rids
+        )
+    )
+    with segment.open("rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # the "old replica" still holds it
+        gw: Gateway = start_gateway(
+            env={**FAST_RETRY, "TOKENRELAY_LEDGER__SPOOL_DIR": str(spool_dir)}, database_url=pg_database_url
+        )
+        ledger = gw.readyz()["ledger"]
+        assert ledger["spooled_rows"] == 5 and ledger["state"] == "degraded", ledger
+        assert await gw.ledger_rows(rids[0], timeout=1) == []
+    # The lock is released (the old replica exited without writing them).
+    await assert_one_row_each(gw, rids)
+    await wait_for(lambda: not segment.exists())
+    await wait_for(lambda: gw.readyz()["status"] == "ready")

@@ -14,11 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tokenrelay.config import LedgerSettings
 from tokenrelay.ledger.db import create_engine, prepare_schema
-from tokenrelay.ledger.record import StreamRecord, StreamStatus
 from tokenrelay.ledger.spool import Spool
 from tokenrelay.ledger.store import LedgerStore
 from tokenrelay.ledger.tokens import TokenCounter
 from tokenrelay.ledger.writer import LedgerWriter
+from tokenrelay.observability.metrics import NoMetrics
+from tokenrelay.record import StreamRecord, StreamStatus
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -57,7 +58,9 @@ async def make_writer(engine: AsyncEngine, spool_dir: Path, **overrides: float) 
     counter = TokenCounter()
     await counter.load([])
     settings = LedgerSettings(database_url=str(engine.url), spool_dir=spool_dir)
-    store = LedgerStore(engine=engine, spool=Spool(spool_dir, min_free_bytes=0), settings=settings)
+    store = LedgerStore(
+        engine=engine, spool=Spool(spool_dir, min_free_bytes=0), settings=settings, events=NoMetrics()
+    )
     await store.start()
     writer = LedgerWriter(
         store=store,

@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from tests.helpers import Sim, free_port, model_table, new_request_id, open_raw_stream, wait_until
 from tests.helpers import chat_body as body
 from tokenrelay.app import create_app
-from tokenrelay.config import load_settings
+from tokenrelay.catalog import load_settings
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 

@@ -1,4 +1,4 @@
-"""Wire encoders: exact bytes of /chat events and OpenAI chunks."""
+"""Client-protocol encoders: the exact bytes of /chat events and OpenAI chunks, from neutral events."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 import orjson
 
 from tokenrelay.errors import StreamShutdown, UpstreamRateLimited
-from tokenrelay.ledger.record import StreamRecord, UsageSource
-from tokenrelay.relay.protocols import ChatEvents, OpenAIChunks, OpenAICompletion
+from tokenrelay.events import Chunk, ToolCallDelta, Usage
+from tokenrelay.protocols import ChatEvents, OpenAIChunks, OpenAICompletion
+from tokenrelay.record import StreamRecord, UsageSource
 
 
 def record(**fields: Any) -> StreamRecord:
@@ -33,9 +34,9 @@ def events(data: bytes) -> list[dict[str, Any]]:
 def test_chat_events_are_numbered_and_typed() -> None:
     protocol = ChatEvents()
     out = bytearray()
-    protocol.encode_chunk({}, "Hel", out)
-    protocol.encode_chunk({}, None, out)  # role-only chunk: nothing to send
-    protocol.encode_chunk({}, "lo", out)
+    protocol.encode(Chunk("Hel"), out)
+    protocol.encode(Chunk(), out)  # role-only chunk: nothing to send
+    protocol.encode(Chunk("lo"), out)
     end = protocol.encode_end(
         record(prompt_tokens=3, completion_tokens=2, usage_source=UsageSource.UPSTREAM, finish_reason="stop")
     )
@@ -56,13 +57,25 @@ def test_chat_events_are_numbered_and_typed() -> None:
     ]
 
 
-def test_openai_chunks_rename_model_and_hide_unrequested_usage() -> None:
+def test_chat_event_bytes_are_plain_json() -> None:
+    """The event payloads are JSON objects with a type (guards the encoder's byte layout)."""
+    out = bytearray()
+    ChatEvents().encode(Chunk('a"\n'), out)
+    assert bytes(out) == b'id: 1\ndata: {"type":"delta","text":"a\\"\\n"}\n\n'
+    assert orjson.loads(bytes(out).split(b"data: ")[1]) == {"type": "delta", "text": 'a"\n'}
+
+
+def native(chunk: dict[str, Any]) -> Chunk:
+    return Chunk(native=chunk)
+
+
+def test_openai_chunks_pass_native_chunks_renamed_and_hide_unrequested_usage() -> None:
     protocol = OpenAIChunks(public_model="public", include_usage=False)
     out = bytearray()
-    protocol.encode_chunk(
-        {"model": "upstream", "choices": [{"delta": {"content": "x"}}], "usage": None}, "x", out
+    protocol.encode(
+        native({"model": "upstream", "choices": [{"delta": {"content": "x"}}], "usage": None}), out
     )
-    protocol.encode_chunk({"model": "upstream", "choices": [], "usage": {"prompt_tokens": 1}}, None, out)
+    protocol.encode(native({"model": "upstream", "choices": [], "usage": {"prompt_tokens": 1}}), out)
     assert events(bytes(out)) == [{"model": "public", "choices": [{"delta": {"content": "x"}}]}]
     assert protocol.encode_end(record()) == b"data: [DONE]\n\n"
 
@@ -71,9 +84,41 @@ def test_openai_chunks_pass_requested_usage_once() -> None:
     protocol = OpenAIChunks(public_model="p", include_usage=True)
     out = bytearray()
     usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
-    protocol.encode_chunk({"choices": [], "usage": usage}, None, out)
+    protocol.encode(native({"choices": [], "usage": usage}), out)
     assert events(bytes(out))[0]["usage"] == usage
     assert protocol.encode_end(record()) == b"data: [DONE]\n\n"
+
+
+def test_openai_chunks_are_built_from_another_providers_events() -> None:
+    """No native chunk (an Anthropic upstream, say): text, reasoning, tool calls, finish, usage."""
+    protocol = OpenAIChunks(public_model="p", include_usage=True)
+    out = bytearray()
+    protocol.encode(Chunk("Hi"), out)
+    protocol.encode(Chunk(reasoning="thinking"), out)
+    protocol.encode(Chunk(tool_calls=[ToolCallDelta(0, "call_1", "get_weather", "")]), out)
+    protocol.encode(Chunk(tool_calls=[ToolCallDelta(0, arguments='{"city": "Oslo"}')]), out)
+    protocol.encode(Chunk(finish_reason="tool_calls", usage=Usage(5, 7)), out)
+    sent = events(bytes(out))
+    assert {c["id"] for c in sent} == {sent[0]["id"]} and sent[0]["id"].startswith("chatcmpl-")
+    assert all(c["object"] == "chat.completion.chunk" and c["model"] == "p" for c in sent)
+    assert [c["choices"][0]["delta"] for c in sent[:4]] == [
+        {"content": "Hi"},
+        {"reasoning_content": "thinking"},
+        {
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": ""},
+                }
+            ]
+        },
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": "Oslo"}'}}]},
+    ]
+    assert sent[4]["choices"][0]["finish_reason"] == "tool_calls"
+    assert sent[4]["usage"] == {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+    assert protocol.encode_end(record()) == b"data: [DONE]\n\n", "usage was sent: not again"
 
 
 def test_openai_error_chunk_is_openai_shaped() -> None:
@@ -88,18 +133,17 @@ def test_openai_error_chunk_is_openai_shaped() -> None:
             }
         }
     ]
+    status, headers, body = protocol.error_response(UpstreamRateLimited("slow down", retry_after="3"))
+    assert status == 429 and (b"retry-after", b"3") in headers
+    assert orjson.loads(body)["error"]["code"] == "upstream_rate_limited"
 
 
 def test_non_streamed_completion_folds_chunks_and_tool_calls() -> None:
     protocol = OpenAICompletion(public_model="p")
     out = bytearray()
-    call = {"index": 0, "id": "call_1", "function": {"name": "get_", "arguments": '{"a"'}}
-    protocol.encode_chunk(
-        {"id": "c1", "created": 5, "choices": [{"delta": {"role": "assistant"}}]}, None, out
-    )
-    protocol.encode_chunk({"choices": [{"delta": {"tool_calls": [call]}}]}, None, out)
-    more = {"index": 0, "function": {"name": "weather", "arguments": ": 1}"}}
-    protocol.encode_chunk({"choices": [{"delta": {"tool_calls": [more]}}]}, None, out)
+    protocol.encode(native({"id": "c1", "created": 5, "choices": [{"delta": {"role": "assistant"}}]}), out)
+    protocol.encode(Chunk(tool_calls=[ToolCallDelta(0, "call_1", "get_", '{"a"')]), out)
+    protocol.encode(Chunk(tool_calls=[ToolCallDelta(0, None, "weather", ": 1}")]), out)
     assert out == b""
     body = orjson.loads(
         protocol.encode_end(

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import tiktoken
 
-from tokenrelay.config import BUILTIN_LOCAL_URL, BUILTIN_SIM_URL, MODEL_TOKENIZER, load_settings
-from tokenrelay.ledger.record import StreamRecord, UsageSource
+from tokenrelay.catalog import load_settings
+from tokenrelay.config import BUILTIN_LOCAL_URL, BUILTIN_SIM_URL, MODEL_TOKENIZER
 from tokenrelay.ledger.tokens import TokenCounter
 from tokenrelay.local.discovery import bundled_model_path, unavailable_reason
+from tokenrelay.record import StreamRecord, UsageSource
 
 
 async def test_bundled_encoding_loads_without_network(
@@ -99,6 +100,18 @@ def test_openai_models_appear_when_the_key_is_set(monkeypatch: pytest.MonkeyPatc
     assert "tokenrelay-sim" in settings.models
 
 
+def test_openai_base_url_is_honoured_like_the_openai_sdks_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (lifecycle v2, defect 10): ``OPENAI_BASE_URL`` (Azure, a proxy, vLLM) was ignored
+    by the OpenAI preset models."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9999/v1")
+    settings = load_settings()
+    assert {settings.models[name].base_url for name in ("gpt-4o-mini", "gpt-4.1")} == {
+        "http://127.0.0.1:9999/v1"
+    }
+    assert settings.models["tokenrelay-sim"].base_url == BUILTIN_SIM_URL
+
+
 def test_toml_file_and_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = tmp_path / "tokenrelay.toml"
     config.write_text(
@@ -167,3 +180,14 @@ async def test_model_tokenizer_counts_exactly_and_falls_back_to_an_estimate(
     counter.estimate(fallback)
     assert fallback.usage_source is UsageSource.ESTIMATED and fallback.completion_tokens == 2
     assert "the model's tokenizer did not answer" in caplog.text
+
+
+async def test_a_long_text_is_counted_in_pieces_exactly_as_whole() -> None:
+    counter = TokenCounter()
+    await counter.load(["cl100k_base"])
+    enc = counter.encoding("cl100k_base")
+    words = ["tokens", "stream", "naïve", "café", "12345", "x" * 40, "  spaced", "\n\nnew", "end."]
+    text = " ".join(words[i % len(words)] for i in range(60_000))
+    assert len(text) > 4 * 64 * 1024, "long enough to be cut into several pieces"
+    assert counter.count_text(text, "cl100k_base") == len(enc.encode_ordinary(text))
+    assert counter.count_text("", "cl100k_base") == 0

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenrelay.errors import BodyTooLarge
+from tokenrelay.relay.stream import ABORT_CONNECTION
 
 _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -17,18 +19,45 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-class RequestIdMiddleware:
-    """Takes ``X-Request-ID`` from the request if it is sane, else makes one; echoes it back."""
+def offer_connection_abort(scope: Scope, send: Send) -> None:
+    """Put the server's connection ``abort`` in ``scope["extensions"]``, where the server has one.
 
-    def __init__(self, app: ASGIApp) -> None:
+    ASGI has no message for "abort this connection". An app that returns with its response
+    unfinished gets a graceful close from uvicorn, which waits for the client to read what is
+    still buffered: for a client that stopped reading, that is forever (a socket and its
+    buffers held, and an error logged). uvicorn's ``send`` is a bound method of the
+    connection's request cycle, which holds the transport. Called with the server's own
+    ``send``, before any middleware wraps it (``app.TokenRelayApp``); under another server
+    nothing is offered and the relay simply returns.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    abort = getattr(transport, "abort", None)
+    if abort is not None:
+        extensions = scope.get("extensions")
+        if extensions is None:
+            extensions = scope["extensions"] = {}
+        extensions[ABORT_CONNECTION] = abort
+
+
+class RequestIdMiddleware:
+    """Takes ``X-Request-ID`` from the request if it is sane, else makes one; echoes it back.
+
+    The id is logged and stored with the stream, so a supplied one that is a secret (a client
+    that put its key in the wrong header) is replaced, never kept.
+    """
+
+    def __init__(self, app: ASGIApp, *, is_secret: Callable[[str], bool] = lambda _value: False) -> None:
         self.app = app
+        self._is_secret = is_secret
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         supplied = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
-        request_id = supplied.decode() if supplied and _SANE_REQUEST_ID.match(supplied) else new_request_id()
+        request_id = supplied.decode() if supplied and _SANE_REQUEST_ID.match(supplied) else None
+        if request_id is None or self._is_secret(request_id):
+            request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
 

@@ -1,9 +1,12 @@
-"""HTTP routes: validate, resolve the model, hand the stream to the relay. No streaming logic here."""
+"""HTTP routes: who calls, what they ask, which model; the stream itself is the relay's.
+
+Every route authenticates first, before it reads a body: a caller without a valid key learns
+nothing about the API (not even which fields a body needs).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 import uuid
 from datetime import UTC, datetime
@@ -18,7 +21,6 @@ from starlette.routing import Route
 from tokenrelay.api.errors import describe_validation_errors
 from tokenrelay.api.schemas import ChatCompletionRequest, ChatRequest
 from tokenrelay.auth.keys import Caller
-from tokenrelay.config import MODEL_TOKENIZER
 from tokenrelay.errors import (
     InvalidRequest,
     ModelNotAllowed,
@@ -27,13 +29,13 @@ from tokenrelay.errors import (
     ServiceUnavailable,
 )
 from tokenrelay.ledger.db import is_reachable
-from tokenrelay.ledger.record import StreamRecord
 from tokenrelay.ledger.store import LedgerStore
-from tokenrelay.limits.budgets import completion_allowance, spending_health
+from tokenrelay.limits.budgets import spending_health
 from tokenrelay.local.upstream import LocalUpstream
-from tokenrelay.observability.metrics import CONTENT_TYPE, Metrics
-from tokenrelay.relay.lifecycle import RelayRuntime, StreamRelay
-from tokenrelay.relay.protocols import ChatEvents, OpenAIChunks, OpenAICompletion, WireProtocol
+from tokenrelay.observability.metrics import CONTENT_TYPE, Metrics, NoMetrics
+from tokenrelay.protocols import ChatEvents, Encoder, OpenAIChunks, OpenAICompletion
+from tokenrelay.record import StreamRecord
+from tokenrelay.relay import RelayedStream, RelayRuntime
 
 router = APIRouter()
 
@@ -48,13 +50,28 @@ async def caller_of(request: Request) -> Caller | None:
     return await runtime.auth.authenticate(request.headers.get("authorization"))
 
 
-async def _admit(
-    request: Request, *, model_name: str | None, body: dict[str, Any], protocol: WireProtocol
-) -> StreamRelay:
+async def _parse(request: Request, schema: type[Body]) -> Body:
+    try:
+        return schema.model_validate_json(await request.body())
+    except ValidationError as exc:
+        message, param = describe_validation_errors(list(exc.errors()))
+        raise InvalidRequest(message, param=param) from None
+
+
+async def _admitted_caller(request: Request) -> Caller | None:
     runtime: RelayRuntime = request.app.state.runtime
     if runtime.drain.draining:
         raise ServiceUnavailable("the gateway is shutting down; retry on another instance")
-    caller = await caller_of(request)
+    return await caller_of(request)
+
+
+def _stream(
+    request: Request, caller: Caller | None, model_name: str | None, body: dict[str, Any], encoder: Encoder
+) -> RelayedStream:
+    """The stream of one chat request (the relay admits and runs it when the response is sent)."""
+    runtime: RelayRuntime = request.app.state.runtime
+    if runtime.drain.draining:  # again: the drain may have begun while the body arrived
+        raise ServiceUnavailable("the gateway is shutting down; retry on another instance")
     resolved = runtime.settings.model(model_name)
     if resolved is None:
         raise ModelNotFound(f"the model {model_name!r} does not exist", param="model")
@@ -74,55 +91,35 @@ async def _admit(
         api_key_id=key.id if key is not None else None,
         prices=model.prices(),
     )
-    allowance = None
-    if key is not None and runtime.spending is not None and (key.budget_tokens or key.budget_usd):
-        encoding = model.tokenizer_encoding if model.tokenizer_encoding != MODEL_TOKENIZER else "cl100k_base"
-        prompt_tokens = runtime.counter.count_prompt(record.messages, encoding)
-        allowance = completion_allowance(
-            key, await runtime.spending.spent(key.id), prompt_tokens, record.prices
-        )
-    release = None
-    if key is not None and runtime.limiter is not None and (key.rpm or key.max_concurrent):
-        await runtime.limiter.admit(key, record.stream_id)
-        release = functools.partial(runtime.limiter.release, key, record.stream_id)
-    return StreamRelay(
-        record=record,
-        body=body,
-        model=model,
-        upstream=request.app.state.upstreams.client_for(model),
-        protocol=protocol,
+    return RelayedStream(
         runtime=runtime,
-        on_finished=release,
-        completion_budget=allowance,
+        record=record,
+        key=key,
+        model=model,
+        body=body,
+        upstream=request.app.state.upstreams.client_for(model),
+        encoder=encoder,
     )
-
-
-async def _parse(request: Request, schema: type[Body]) -> Body:
-    try:
-        return schema.model_validate_json(await request.body())
-    except ValidationError as exc:
-        message, param = describe_validation_errors(list(exc.errors()))
-        raise InvalidRequest(message, param=param) from None
 
 
 async def chat(request: Request) -> Response:
     """``POST /chat``: a chat answer as typed events (delta, usage, done, error)."""
+    caller = await _admitted_caller(request)
     payload = await _parse(request, ChatRequest)
-    return await _admit(
-        request, model_name=payload.model, body=payload.upstream_body(), protocol=ChatEvents()
-    )
+    return _stream(request, caller, payload.model, payload.upstream_body(), ChatEvents())
 
 
 async def chat_completions(request: Request) -> Response:
     """``POST /v1/chat/completions``: OpenAI-compatible chat completions, streamed or not."""
+    caller = await _admitted_caller(request)
     payload = await _parse(request, ChatCompletionRequest)
-    protocol: WireProtocol
+    encoder: Encoder
     if payload.stream:
         include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
-        protocol = OpenAIChunks(public_model=payload.model, include_usage=include_usage)
+        encoder = OpenAIChunks(public_model=payload.model, include_usage=include_usage)
     else:
-        protocol = OpenAICompletion(public_model=payload.model)
-    return await _admit(request, model_name=payload.model, body=payload.upstream_body(), protocol=protocol)
+        encoder = OpenAICompletion(public_model=payload.model)
+    return _stream(request, caller, payload.model, payload.upstream_body(), encoder)
 
 
 # The two streaming endpoints are plain Starlette routes: FastAPI's dependency solving and
@@ -166,13 +163,13 @@ async def healthz() -> dict[str, str]:
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     """The Prometheus text format; 404 when ``metrics_enabled`` is off."""
-    collected: Metrics | None = request.app.state.metrics
+    collected: Metrics | NoMetrics = request.app.state.metrics
     runtime: RelayRuntime = request.app.state.runtime
     if runtime.auth is not None and not runtime.settings.auth.metrics_public:
         caller = await caller_of(request)
         if caller is None or not caller.is_admin:
             raise PermissionDenied("/metrics needs the admin key (auth.metrics_public = false)")
-    if collected is None:
+    if not isinstance(collected, Metrics):
         raise HTTPException(404, "metrics are turned off (metrics_enabled = false)")
     if collected.multiprocess_dir is None:
         body = collected.exposition()

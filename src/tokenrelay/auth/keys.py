@@ -14,6 +14,7 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -24,6 +25,8 @@ from tokenrelay.errors import AuthenticationFailed
 from tokenrelay.ledger.models import ApiKeyRow
 
 KEY_FORMAT = re.compile(r"^(trk_[0-9a-f]{8})_[A-Za-z0-9_-]{43}$")
+# A key anywhere in a string (a client that put it in the wrong header, say).
+_KEY_INSIDE = re.compile(r"trk_[0-9a-f]{8}_[A-Za-z0-9_-]{16}")
 _DUMMY_DIGEST = hashlib.sha256(b"no key has this prefix").hexdigest()
 
 
@@ -36,6 +39,18 @@ def new_key() -> tuple[str, str]:
 def digest(key: str) -> str:
     """The stored form of a key."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def secret_detector(admin_key: str | None) -> Callable[[str], bool]:
+    """Whether a string holds an API key or is the admin key: such text is never logged or stored."""
+    admin_digest = digest(admin_key) if admin_key else None
+
+    def is_secret(value: str) -> bool:
+        if _KEY_INSIDE.search(value):
+            return True
+        return admin_digest is not None and hmac.compare_digest(digest(value), admin_digest)
+
+    return is_secret
 
 
 @dataclass(frozen=True, slots=True)

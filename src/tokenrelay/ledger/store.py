@@ -7,8 +7,11 @@ Invariants (each one is a test):
 * If the database cannot be reached, the batch is appended to the spool (fsynced) and every
   later batch goes straight there: no batch waits on a dead database twice, so the writer keeps
   up and streams never notice.
-* A background replayer, owned by the store, retries with exponential backoff; it empties the
-  spool into the database and only then sends new batches to the database again.
+* A background replayer, owned by the store, retries on its own schedule (exponential backoff)
+  for as long as rows are pending, traffic or not; it empties the spool into the database and
+  only then sends new batches to the database again. Segments another live process holds
+  (its open segment, or an old replica's shutdown flush) are looked at again until they are
+  gone; while any row waits, ``/readyz`` says ``degraded``.
 * A row the database refuses for what it contains (data or integrity error) is isolated by
   retrying the batch row by row, logged with its request id and kept in the dead-letter file;
   the other rows of its batch are written.
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import Insert
 from sqlalchemy import exc as sa_exc
@@ -28,9 +31,6 @@ from tokenrelay.config import LedgerSettings
 from tokenrelay.ledger.db import prepare_schema
 from tokenrelay.ledger.spool import ClaimedSegment, Spool, SpoolUnavailable
 from tokenrelay.ledger.writer import insert_ignoring_duplicates
-
-if TYPE_CHECKING:
-    from tokenrelay.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,23 @@ def rejects_the_row(exc: BaseException) -> bool:
     return isinstance(sqlstate, str) and sqlstate[:2] in _ROW_REJECTED_SQLSTATE_CLASSES
 
 
+class LedgerEvents(Protocol):
+    """Who hears about the spool and lost rows (the metrics)."""
+
+    def spooled_rows(self, rows: int) -> None: ...
+
+    def rows_lost(self, rows: int) -> None: ...
+
+    def row_dead_lettered(self) -> None: ...
+
+
 class LedgerStore:
     """The database with the spool as its fallback, and the replayer between them."""
 
     def __init__(
-        self, *, engine: AsyncEngine, spool: Spool, settings: LedgerSettings, metrics: Metrics | None = None
+        self, *, engine: AsyncEngine, spool: Spool, settings: LedgerSettings, events: LedgerEvents
     ) -> None:
-        self._metrics = metrics
+        self._events = events
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._insert: Insert = insert_ignoring_duplicates(engine.dialect.name)
@@ -97,16 +107,18 @@ class LedgerStore:
             self._replayer.cancel()
             await asyncio.gather(self._replayer, return_exceptions=True)
             self._replayer = None
+        error = None
         if self.pending_spooled_rows:
             try:
                 async with asyncio.timeout(self._settings.shutdown_flush_seconds):
                     await self._replay()
             except Exception as exc:
-                log.warning(
-                    "spooled rows left for the next start",
-                    extra={"rows": self.pending_spooled_rows, "error": repr(exc)},
-                )
+                error = repr(exc)
         await asyncio.to_thread(self._spool.close)
+        # Counted on disk after the last attempt: what a half-done replay wrote is not left.
+        left = await asyncio.to_thread(self._spool.pending_rows)
+        if left:
+            log.warning("spooled rows left for the next start", extra={"rows": left, "error": error})
 
     @property
     def pending_spooled_rows(self) -> int:
@@ -116,14 +128,13 @@ class LedgerStore:
     @pending_spooled_rows.setter
     def pending_spooled_rows(self, rows: int) -> None:
         self._pending_spooled_rows = rows
-        if self._metrics is not None:
-            self._metrics.ledger_spooled_rows.set(rows)
+        self._events.spooled_rows(rows)
 
     def health(self) -> dict[str, Any]:
         """What /readyz reports about the ledger."""
         if self.spool_error is not None:
             state = "failed"
-        elif not self._db_available:
+        elif not self._db_available or self.pending_spooled_rows:
             state = "degraded"
         else:
             state = "ok"
@@ -166,8 +177,7 @@ class LedgerStore:
                     self._lost_database(exc)
                     return rows[index:]
                 self.rows_dead_lettered += 1
-                if self._metrics is not None:
-                    self._metrics.ledger_rows_dead_lettered.inc()
+                self._events.row_dead_lettered()
                 log.error(
                     "ledger row refused by the database; kept in the dead-letter file",
                     extra={
@@ -185,8 +195,7 @@ class LedgerStore:
         except OSError as exc:
             # Nowhere left to keep them: say so loudly, with every request id.
             self.write_failures += len(rows)
-            if self._metrics is not None:
-                self._metrics.ledger_write_failures.inc(len(rows))
+            self._events.rows_lost(len(rows))
             self.spool_error = f"spool append failed: {exc}"
             log.error(
                 "ledger rows lost: database unreachable and spool unwritable",
@@ -208,24 +217,33 @@ class LedgerStore:
     async def _replay_loop(self) -> None:
         delay = self._settings.retry_initial_seconds
         while True:
+            if not self.pending_spooled_rows and self._db_available:
+                # Nothing waits: sleep until a batch is spooled, checking the spool now and then.
+                try:
+                    async with asyncio.timeout(_SPOOL_CHECK_INTERVAL_SECONDS):
+                        await self._replay_needed.wait()
+                except TimeoutError:
+                    await self._check_spool()
+                    self.pending_spooled_rows = await asyncio.to_thread(self._spool.pending_rows)
+                    continue
+            self._replay_needed.clear()  # a batch spooled from here on sets it again
             try:
-                async with asyncio.timeout(_SPOOL_CHECK_INTERVAL_SECONDS):
-                    await self._replay_needed.wait()
-            except TimeoutError:
-                await self._check_spool()
-                continue
-            try:
-                await self._replay()
+                left = await self._replay()
             except Exception as exc:
                 log.info("ledger database still unreachable", extra={"retry_in_s": delay, "error": repr(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._settings.retry_max_seconds)
-                continue
-            delay = self._settings.retry_initial_seconds
+            else:
+                if not left or self._replay_needed.is_set():  # done, or our own new rows come next
+                    delay = self._settings.retry_initial_seconds
+                    continue
+                log.info("spooled rows held by another process; looking again", extra={"rows": left})
+            # Retry on our own schedule, traffic or not; a newly spooled batch does not cut it short
+            # (the database is what we wait for, not the batch).
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._settings.retry_max_seconds)
 
-    async def _replay(self) -> None:
-        """Move every spooled row into the database, then take new batches directly again."""
-        self._replay_needed.clear()  # a batch spooled during this pass sets it again
+    async def _replay(self) -> int:
+        """Move every spooled row we can claim into the database, then take new batches directly
+        again; returns the rows still waiting in segments other processes hold."""
         await self._ensure_schema()
         # New batches keep going to the spool until it is empty, so nothing overtakes a replay
         # that fails half-way; rotating makes our own open segment replayable.
@@ -237,13 +255,14 @@ class LedgerStore:
             await self._replay_segment(claimed)
         self.pending_spooled_rows = await asyncio.to_thread(self._spool.pending_rows)
         # Decided without an await in between, so no batch can be spooled after the check and
-        # then be overtaken. Other processes' open segments are theirs to replay.
+        # then be overtaken.
         if self._spool.current_rows:
             self._replay_needed.set()
-            return
+            return self.pending_spooled_rows
         if not self._db_available:
             log.info("ledger database back; spool replayed")
         self._db_available = True
+        return self.pending_spooled_rows
 
     async def _replay_segment(self, claimed: ClaimedSegment) -> None:
         try:

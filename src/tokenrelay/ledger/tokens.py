@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import tiktoken
 
 from tokenrelay.config import MODEL_TOKENIZER
-from tokenrelay.ledger.record import StreamRecord, UsageSource
+from tokenrelay.record import StreamRecord, UsageSource
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,30 @@ def _message_text(message: dict[str, Any]) -> str:
     else:
         text = ""
     return f"{message.get('role', '')}{message.get('name', '')}{text}"
+
+
+# Longest text encoded at once: a 200,000-token answer would otherwise become a list of
+# 200,000 Python ints (several MiB) just to be counted.
+_PIECE_CHARS = 64 * 1024
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """``text`` cut before a space that follows a non-space character.
+
+    tiktoken's pre-tokenizers keep a word's leading space with the word and never join across
+    such a point, so counting the pieces gives exactly the count of the whole.
+    """
+    start = 0
+    while len(text) - start > _PIECE_CHARS:
+        cut = text.rfind(" ", start + 1, start + _PIECE_CHARS)
+        while cut > start and text[cut - 1].isspace():
+            cut = text.rfind(" ", start + 1, cut)
+        if cut <= start:
+            break  # no safe cut point: encode the rest whole
+        yield text[start:cut]
+        start = cut
+    if start < len(text):
+        yield text[start:]
 
 
 ModelTokenizer = Callable[[list[dict[str, Any]], str], tuple[int, int]]
@@ -95,8 +119,12 @@ class TokenCounter:
         return body + _TOKENS_PER_MESSAGE * len(messages) + _REPLY_PRIMING_TOKENS
 
     def count_text(self, text: str, encoding: str) -> int:
-        """Tokens in plain text."""
-        return len(self.encoding(encoding).encode_ordinary(text)) if text else 0
+        """Tokens in plain text (a long text in pieces: tiktoken returns a list of every token)."""
+        enc = self.encoding(encoding)
+        total = 0
+        for piece in _pieces(text):
+            total += len(enc.encode_ordinary(piece))
+        return total
 
     def estimate(self, record: StreamRecord) -> None:
         """Fill in usage the upstream never reported (blocking: call it in a worker thread)."""

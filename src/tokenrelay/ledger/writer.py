@@ -23,8 +23,8 @@ from sqlalchemy import Insert
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tokenrelay.ledger.models import UsageRecord
-from tokenrelay.ledger.record import StreamRecord
 from tokenrelay.ledger.tokens import TokenCounter
+from tokenrelay.record import StreamRecord
 
 log = logging.getLogger(__name__)
 

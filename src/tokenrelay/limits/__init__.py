@@ -18,10 +18,13 @@ import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tokenrelay.auth.keys import ApiKey
 from tokenrelay.errors import RateLimitExceeded
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +38,6 @@ class RateLimiter(Protocol):
 
     def health(self) -> dict[str, Any]:
         """For ``/readyz``."""
-
-    async def aclose(self) -> None:
-        """Close connections."""
 
 
 WINDOW_SECONDS = 60.0
@@ -84,9 +84,6 @@ class MemoryRateLimiter:
     def health(self) -> dict[str, Any]:
         return {"backend": "memory", "state": "ok"}
 
-    async def aclose(self) -> None:
-        return None
-
 
 # KEYS[1] = the key's request log; ARGV = now, window start, limit, request id.
 # Returns -1 when admitted, else the oldest request time still in the window.
@@ -111,12 +108,10 @@ return 1
 
 
 class RedisRateLimiter:
-    """Limits shared by every gateway using the same Redis."""
+    """Limits shared by every gateway using the same Redis (the client is the app's, shared)."""
 
-    def __init__(self, url: str, *, fail_open: bool, longest_stream_seconds: float) -> None:
-        import redis.asyncio as redis
-
-        self._redis = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    def __init__(self, client: Redis, *, fail_open: bool, longest_stream_seconds: float) -> None:
+        self._redis = client
         self._fail_open = fail_open
         self._longest = longest_stream_seconds
         self._admit_request = self._redis.register_script(_ADMIT_REQUEST)
@@ -179,6 +174,3 @@ class RedisRateLimiter:
             "state": "ok" if self.error is None else "unavailable",
             "error": self.error,
         }
-
-    async def aclose(self) -> None:
-        await self._redis.aclose()

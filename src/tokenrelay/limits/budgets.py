@@ -14,7 +14,7 @@ tiktoken; prices from the model), enforced while it streams.
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -22,7 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tokenrelay.auth.keys import ApiKey
 from tokenrelay.errors import BudgetExceeded
 from tokenrelay.ledger.models import UsageRecord
-from tokenrelay.ledger.record import StreamRecord
+from tokenrelay.record import StreamRecord
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +82,10 @@ class MemorySpending:
 
 
 class RedisSpending:
-    """Totals shared by every replica through Redis."""
+    """Totals shared by every replica through Redis (the client is the app's, shared)."""
 
-    def __init__(self, url: str, engine: AsyncEngine, *, fail_open: bool) -> None:
-        import redis.asyncio as redis
-
-        self._redis = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    def __init__(self, client: Redis, engine: AsyncEngine, *, fail_open: bool) -> None:
+        self._redis = client
         self._engine = engine
         self._fail_open = fail_open
         self.error: str | None = None
@@ -138,9 +139,6 @@ class RedisSpending:
                 "redis unavailable for budgets", extra={"error": repr(exc), "fail_open": self._fail_open}
             )
         self.error = repr(exc)
-
-    async def aclose(self) -> None:
-        await self._redis.aclose()
 
 
 _ADD_IF_SEEDED = """

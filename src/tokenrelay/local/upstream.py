@@ -10,7 +10,7 @@ import httpx
 
 from tokenrelay.config import ModelConfig
 from tokenrelay.local.supervisor import LocalModelServer
-from tokenrelay.upstreams.openai_compat import UpstreamClient, UpstreamStream
+from tokenrelay.upstreams.openai import OpenAIStream, OpenAIUpstream
 
 
 class FairQueue:
@@ -61,7 +61,7 @@ class LocalUpstream:
     def __init__(self, server: LocalModelServer, *, concurrency: int, max_connections: int) -> None:
         self.server = server
         self.queue = FairQueue(concurrency)
-        self._client = UpstreamClient(base_url=server.base_url, api_key=None, max_connections=max_connections)
+        self._client = OpenAIUpstream(base_url=server.base_url, api_key=None, max_connections=max_connections)
 
     def start(self) -> None:
         """Create the connection pool; the model itself starts at start-up or on first use."""
@@ -69,7 +69,7 @@ class LocalUpstream:
 
     async def open_stream(
         self, *, body: dict[str, Any], upstream_model: str, config: ModelConfig, request_id: str
-    ) -> UpstreamStream:
+    ) -> OpenAIStream:
         """Queue for the model, then open the stream; its slot is freed when it is closed."""
         # Cancelled here (the client left while queued), the request never reaches the model.
         await self.queue.acquire()

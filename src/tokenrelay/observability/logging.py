@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from tokenrelay.ledger.record import StreamRecord
+from tokenrelay.record import StreamRecord
 
 # Attributes every LogRecord has; anything else was passed in ``extra`` and is logged as a field.
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {
@@ -53,8 +53,13 @@ class ConsoleFormatter(logging.Formatter):
         return line.rstrip()
 
 
-def configure_logging(*, level: str, fmt: str) -> None:
-    """Route tokenrelay's and uvicorn's logs through one handler on stderr."""
+def configure_logging(*, level: str, fmt: str, access_log: bool = False) -> None:
+    """Route tokenrelay's and uvicorn's logs through one handler on stderr.
+
+    uvicorn's access log is off unless ``access_log``; when on, its lines carry the path
+    without the query string: clients put keys there (``?api_key=...``), and no secret may
+    reach a log, whatever a client does with it.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
     root = logging.getLogger()
@@ -63,8 +68,23 @@ def configure_logging(*, level: str, fmt: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    access = logging.getLogger("uvicorn.access")
+    access.filters[:] = []
+    if access_log:
+        access.addFilter(_without_query_string)
+    else:
+        # No handler and no propagation: uvicorn sees no handler and skips the line entirely.
+        access.propagate = False
     # httpx logs every request at INFO (the local model's token counts, once per stream).
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _without_query_string(record: logging.LogRecord) -> bool:
+    """uvicorn's access line is ``(client, method, path?query, version, status)``: drop the query."""
+    args = record.args
+    if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+        record.args = (*args[:2], args[2].split("?", 1)[0] + "?…", *args[3:])
+    return True
 
 
 def log_stream_end(record: StreamRecord) -> None:

@@ -16,9 +16,9 @@ import os
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
-from tokenrelay.ledger.record import StreamRecord, StreamStatus
+from tokenrelay.record import StreamRecord, StreamStatus
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "Metrics", "NoMetrics"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # LLM latencies: a fast first token is 50 ms, a long answer two minutes.
@@ -90,6 +90,13 @@ class Metrics:
             buckets=ABORT_BUCKETS,
             registry=r,
         )
+        self.slow_clients = Counter(
+            "tokenrelay_slow_clients",
+            "Streams ended because the client stopped reading (one write blocked for "
+            "client_write_timeout_seconds)",
+            ["model"],
+            registry=r,
+        )
         self.keepalive_pings = Counter("tokenrelay_keepalive_pings", "Keep-alive pings sent", registry=r)
         self.ledger_spooled_rows = Gauge(
             "tokenrelay_ledger_spooled_rows",
@@ -120,6 +127,10 @@ class Metrics:
         if abort_seconds is not None:
             self.abort_latency.observe(abort_seconds)
 
+    def keepalive_sent(self) -> None:
+        """A keep-alive went out."""
+        self.keepalive_pings.inc()
+
     def stream_finished(self, record: StreamRecord) -> None:
         """A stream's outcome, once its usage is known (called by the ledger writer)."""
         model = record.model
@@ -135,9 +146,25 @@ class Metrics:
             self.tokens.labels(model, "completion", source).inc(record.completion_tokens)
         if record.status is StreamStatus.CLIENT_DISCONNECTED and record.disconnect_phase is not None:
             self.disconnects.labels(model, str(record.disconnect_phase)).inc()
+        elif record.status is StreamStatus.CLIENT_TOO_SLOW:
+            self.slow_clients.labels(model).inc()
         failure = upstream_failure(record)
         if failure is not None:
             self.upstream_errors.labels(model, failure).inc()
+
+    # -- the ledger (ledger.store.LedgerEvents) -------------------------------------------------
+
+    def spooled_rows(self, rows: int) -> None:
+        """Rows waiting in the spool now."""
+        self.ledger_spooled_rows.set(rows)
+
+    def rows_lost(self, rows: int) -> None:
+        """Rows neither written nor spooled."""
+        self.ledger_write_failures.inc(rows)
+
+    def row_dead_lettered(self) -> None:
+        """A row the database refused went to the dead-letter file."""
+        self.ledger_rows_dead_lettered.inc()
 
     # -- exposition ----------------------------------------------------------------------------
 
@@ -153,3 +180,33 @@ class Metrics:
         """This worker is going away: its live gauges stop counting."""
         if self.multiprocess_dir is not None:
             multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
+
+
+class NoMetrics:
+    """Metrics turned off: the same calls, doing nothing (no branch on the hot path)."""
+
+    multiprocess_dir = None
+
+    def stream_started(self, model: str) -> None:
+        pass
+
+    def stream_relayed(self, model: str, abort_seconds: float | None) -> None:
+        pass
+
+    def keepalive_sent(self) -> None:
+        pass
+
+    def stream_finished(self, record: StreamRecord) -> None:
+        pass
+
+    def spooled_rows(self, rows: int) -> None:
+        pass
+
+    def rows_lost(self, rows: int) -> None:
+        pass
+
+    def row_dead_lettered(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -10,7 +10,7 @@ every ASGI ``send``, a cost paid per chunk; the stream span covers what it would
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from opentelemetry import context, propagate, trace
@@ -18,7 +18,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from tokenrelay.ledger.record import StreamRecord
+from tokenrelay.record import StreamRecord
 
 TRACER_NAME = "tokenrelay"
 _ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -53,11 +53,14 @@ class Tracing:
         # Before the upstream sessions exist: the instrumentation hooks sessions made after it.
         self._instrumentor.instrument(tracer_provider=provider)
 
-    def stream_span(self, record: StreamRecord, headers: Mapping[str, str], protocol: str) -> StreamSpan:
+    def stream_span(
+        self, record: StreamRecord, headers: Iterable[tuple[bytes, bytes]], protocol: str
+    ) -> StreamSpan:
         """Start the span of one stream, as a child of the caller's trace if it sent one."""
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
         span = self._tracer.start_span(
             "chat stream",
-            context=propagate.extract(headers),
+            context=propagate.extract(carrier),
             kind=SpanKind.SERVER,
             attributes={
                 "tokenrelay.model": record.model,
@@ -90,7 +93,8 @@ class StreamSpan:
     @staticmethod
     def restore(token: object) -> None:
         """Undo ``current``."""
-        context.detach(token)  # type: ignore[arg-type]
+        if token is not None:
+            context.detach(token)  # type: ignore[arg-type]
 
     def first_token(self) -> None:
         """The first content token reached the client."""
@@ -115,3 +119,46 @@ class StreamSpan:
             attributes["tokenrelay.ttft_ms"] = record.ttft_ms
         self._span.set_attributes(attributes)
         self._span.end()
+
+
+class NoSpan:
+    """The span of a stream when tracing is off: the same calls, doing nothing."""
+
+    __slots__ = ()
+
+    def current(self) -> object:
+        return None
+
+    @staticmethod
+    def restore(token: object) -> None:
+        pass
+
+    def first_token(self) -> None:
+        pass
+
+    def client_disconnected(self, phase: str) -> None:
+        pass
+
+    def error(self, code: str, message: str) -> None:
+        pass
+
+    def end(self, record: StreamRecord) -> None:
+        pass
+
+
+NO_SPAN = NoSpan()
+
+
+class NoTracing:
+    """Tracing turned off (no branch on the hot path)."""
+
+    def stream_span(
+        self,
+        record: StreamRecord,  # noqa: ARG002
+        headers: Iterable[tuple[bytes, bytes]],  # noqa: ARG002
+        protocol: str,  # noqa: ARG002
+    ) -> NoSpan:
+        return NO_SPAN
+
+    def close(self) -> None:
+        pass

@@ -1,14 +1,9 @@
 """The stream lifecycle: admit, open upstream, forward, finish."""
 
-from tokenrelay.ledger.record import DisconnectPhase, StreamRecord, StreamStatus, UsageSource
-from tokenrelay.relay.lifecycle import DrainCoordinator, RelayRuntime, StreamRelay
+from tokenrelay.relay.admission import Admission
+from tokenrelay.relay.response import RelayedStream
+from tokenrelay.relay.runtime import DrainCoordinator, RelayRuntime
+from tokenrelay.relay.sender import Sender
+from tokenrelay.relay.stream import StreamRelay
 
-__all__ = [
-    "DisconnectPhase",
-    "DrainCoordinator",
-    "RelayRuntime",
-    "StreamRecord",
-    "StreamRelay",
-    "StreamStatus",
-    "UsageSource",
-]
+__all__ = ["Admission", "DrainCoordinator", "RelayRuntime", "RelayedStream", "Sender", "StreamRelay"]

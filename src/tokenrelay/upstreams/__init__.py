@@ -1,6 +1,7 @@
-"""Upstream providers: open a stream, yield its raw bytes, close it."""
+"""Upstream providers: open a stream, yield its neutral events, close it."""
 
-from tokenrelay.upstreams.openai_compat import UpstreamClient, UpstreamStream
+from tokenrelay.upstreams.base import Upstream, UpstreamStream
+from tokenrelay.upstreams.openai import OpenAIStream, OpenAIUpstream
 from tokenrelay.upstreams.registry import Upstreams
 
-__all__ = ["UpstreamClient", "UpstreamStream", "Upstreams"]
+__all__ = ["OpenAIStream", "OpenAIUpstream", "Upstream", "UpstreamStream", "Upstreams"]

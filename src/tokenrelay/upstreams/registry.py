@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tokenrelay.config import ModelConfig
-from tokenrelay.upstreams.openai_compat import Upstream, UpstreamClient
+from tokenrelay.upstreams.base import Upstream
+from tokenrelay.upstreams.openai import OpenAIUpstream
 
 
 class Upstreams:
@@ -23,7 +24,7 @@ class Upstreams:
         self._max_connections = max_connections
         self._url_overrides = url_overrides or {}
         self._builtins = builtins or {}
-        self._clients: dict[tuple[str, str | None], UpstreamClient] = {}
+        self._clients: dict[tuple[str, str | None], OpenAIUpstream] = {}
 
     def client_for(self, model: ModelConfig) -> Upstream:
         """The client serving ``model`` (created once, then reused)."""
@@ -35,7 +36,7 @@ class Upstreams:
         key = (base_url, api_key)
         client = self._clients.get(key)
         if client is None:
-            client = UpstreamClient(base_url=base_url, api_key=api_key, max_connections=self._max_connections)
+            client = OpenAIUpstream(base_url=base_url, api_key=api_key, max_connections=self._max_connections)
             self._clients[key] = client
         return client
 

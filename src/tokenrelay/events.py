@@ -1,0 +1,87 @@
+"""The provider-neutral events of one answer: what upstreams yield and encoders consume.
+
+This is the seam between the wire formats: an upstream module (``upstreams/``) turns its
+provider's stream into these; an encoder (``protocols/``) turns these into one client
+protocol. Adding a provider or a client protocol touches one module, never the relay.
+
+A :class:`Chunk` is one upstream chunk with whatever it carried: text, tool-call fragments,
+reasoning, a finish reason, usage. Upstreams that speak a client protocol natively (OpenAI
+upstreams to the OpenAI endpoint) attach their parsed chunk as ``native`` so its encoder can
+pass it through instead of rebuilding it. One ``Chunk`` per upstream chunk, built with
+positional arguments and ``__slots__``: it is made thousands of times a second.
+
+Finish reasons use OpenAI's words (``stop``, ``length``, ``tool_calls``, ``content_filter``);
+other providers' reasons are mapped to them where they are read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """A fragment of one tool call: its id and name come first, its arguments in pieces."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts as the upstream reported them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    # Prompt tokens read from / written to the provider's prompt cache (where it says so).
+    cache_read_tokens: int | None = None
+    cache_creation_tokens: int | None = None
+
+
+class Chunk:
+    """One upstream chunk, normalized. Every field may be absent."""
+
+    __slots__ = ("finish_reason", "native", "reasoning", "text", "tool_calls", "usage")
+
+    def __init__(
+        self,
+        text: str | None = None,
+        reasoning: str | None = None,
+        tool_calls: list[ToolCallDelta] | None = None,
+        finish_reason: str | None = None,
+        usage: Usage | None = None,
+        native: dict[str, Any] | None = None,
+    ) -> None:
+        self.text = text
+        self.reasoning = reasoning
+        self.tool_calls = tool_calls
+        self.finish_reason = finish_reason
+        self.usage = usage
+        self.native = native
+
+    @property
+    def is_progress(self) -> bool:
+        """Output that is not text but shows the model working (a tool call, reasoning)."""
+        return bool(self.tool_calls or self.reasoning)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__ if name != "native")
+        return f"Chunk({fields})"
+
+
+class InBandError:
+    """The upstream reported an error inside its (200) stream; nothing follows it."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"InBandError({self.message!r})"
+
+
+Event = Chunk | InBandError

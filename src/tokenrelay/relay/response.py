@@ -1,0 +1,60 @@
+"""The ASGI response a stream route returns: admission around the relay.
+
+Admission (the key's budget and its rate-limit slot, ``admission.py``) is an ``async with``
+around the whole stream, so the slot is given back by the same structure that took it,
+whatever ended the stream; inside, ``StreamRelay`` (``stream.py``) runs the stream itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from tokenrelay.auth.keys import ApiKey
+from tokenrelay.config import ModelConfig
+from tokenrelay.protocols import Encoder
+from tokenrelay.record import StreamRecord
+from tokenrelay.relay.admission import Admission
+from tokenrelay.relay.runtime import RelayRuntime
+from tokenrelay.relay.stream import StreamRelay
+from tokenrelay.upstreams import Upstream
+
+
+class RelayedStream(Response):
+    """The ASGI response a stream route returns: admission around the relay."""
+
+    def __init__(
+        self,
+        *,
+        runtime: RelayRuntime,
+        record: StreamRecord,
+        key: ApiKey | None,
+        model: ModelConfig,
+        body: dict[str, Any],
+        upstream: Upstream,
+        encoder: Encoder,
+    ) -> None:
+        self.background = None
+        self._runtime = runtime
+        self._record = record
+        self._key = key
+        self._model = model
+        self._body = body
+        self._upstream = upstream
+        self._encoder = encoder
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A refusal here raises before anything was sent: the app's handlers make it a 429.
+        async with Admission(self._runtime, self._key, self._record) as admitted:
+            relay = StreamRelay(
+                runtime=self._runtime,
+                record=self._record,
+                model=self._model,
+                body=self._body,
+                upstream=self._upstream,
+                encoder=self._encoder,
+                completion_allowance=admitted.completion_allowance,
+            )
+            await relay.run(scope, receive, send)

@@ -1,0 +1,159 @@
+"""HTTP to upstreams over aiohttp: a connection pool per upstream, and a body reader that loses
+nothing when the upstream's connection drops.
+
+Why aiohttp and not the provider SDKs: measured in ``bench/upstream_clients.py`` (numbers in
+BENCHMARKS.md), opening one streaming request costs about 1.0 ms of CPU through the ``openai``
+SDK's ``chat.completions.create``, 0.5 ms through its lower-level ``post``, and 0.15 ms with
+aiohttp directly. The SDK's contributions we would keep -- a key header, joining the base
+URL, time-outs, mapping statuses to errors -- are the few lines here and in ``base.py``.
+
+The gateway never retries a request to the same upstream: clients (the OpenAI SDK among them)
+retry with their own backoff, and retrying here too would multiply upstream calls and hide a
+429's ``Retry-After`` from the client that must honour it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import aiohttp
+
+from tokenrelay.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from tokenrelay.upstreams.base import error_message, status_error
+
+_ERROR_BODY_LIMIT = 64 * 1024
+# Most bytes handed over per read. Everything buffered would do (one client write can carry
+# many events), but a read is parsed into objects all at once: about ten times its size.
+READ_LIMIT = 64 * 1024
+
+
+class HttpClient:
+    """One connection pool (aiohttp session) for one upstream."""
+
+    def __init__(self, *, max_connections: int) -> None:
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def start(self) -> None:
+        """Create the session (inside the running event loop)."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+            # trust_env: honour HTTP(S)_PROXY and NO_PROXY like every HTTP client;
+            # compressed SSE would have to be decompressed before it could be parsed.
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=True, auto_decompress=False)
+
+    async def post(
+        self, url: str, *, payload: bytes, headers: dict[str, str], connect_timeout_seconds: float
+    ) -> aiohttp.ClientResponse:
+        """Send a request and wait for the response headers; a 2xx response or an UpstreamError."""
+        self.start()
+        assert self._session is not None
+        connect = connect_timeout_seconds
+        # Reading is timed by the relay (first token, idle, total): it knows which phase it is in.
+        timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=None)
+        try:
+            response = await self._session.post(url, data=payload, headers=headers, timeout=timeout)
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout("upstream did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(
+                f"cannot reach upstream: {type(exc).__name__}", failure="connection"
+            ) from exc
+        if response.status >= 400:
+            raise await _status_error(response, connect)
+        return response
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class HttpBody:
+    """The body of a streamed response: bytes as they arrive, then the end, or the failure.
+
+    A dropped connection (a FIN before the body's end, or a reset) is raised only after every
+    byte that arrived before it was handed over; see :func:`_buffered` for why that takes
+    more than aiohttp's public reads.
+    """
+
+    __slots__ = ("_closed", "_content", "_failure", "_on_close", "_response")
+
+    def __init__(self, response: aiohttp.ClientResponse, on_close: Callable[[], None] | None = None) -> None:
+        self._response = response
+        self._content = response.content
+        self._failure: UpstreamError | None = None
+        self._closed = False
+        self._on_close = on_close
+
+    async def read(self) -> bytes:
+        """What was received since the last read (any framing, up to ``READ_LIMIT`` bytes);
+        ``b""`` at the body's end."""
+        if self._failure is not None:
+            raise self._failure
+        try:
+            return await self._content.read(READ_LIMIT)
+        except aiohttp.ClientError as exc:
+            failure = UpstreamProtocolError(
+                f"upstream connection dropped mid-stream: {type(exc).__name__}", failure="mid_stream_drop"
+            )
+            failure.__cause__ = exc
+            left = _buffered(self._content)
+            if not left:
+                raise failure from exc
+            self._failure = failure
+            return left
+
+    def fail_next(self, failure: UpstreamError) -> None:
+        """Make the next ``read`` raise ``failure`` (a parser found the stream broken)."""
+        self._failure = failure
+
+    async def aclose(self) -> None:
+        """Give the connection back if the body was read to its end; otherwise close it.
+
+        Closing is what tells the upstream to stop generating: an unfinished body must never
+        go back to the pool.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
+        if self._on_close is not None:
+            self._on_close()
+
+
+def _buffered(content: aiohttp.StreamReader) -> bytes:
+    """What the body reader still holds although its connection failed.
+
+    aiohttp's ``StreamReader.read()`` and ``readany()`` (3.x, ``streams.py``) check for a stored
+    exception before they look at the buffer, and so does the public ``read_nowait()``. When the last bytes
+    and the connection's end arrive in one event-loop iteration -- a fast upstream writing its
+    chunks and closing, often before the response headers were even handed to us -- the
+    protocol feeds the bytes, then stores the error, and every public read raises it with the
+    bytes still buffered. ``_read_nowait(-1)`` is the step both public methods take after
+    their checks: it drains the buffer. It is private, hence the guard; aiohttp is pinned in
+    requirements.lock and ``tests/unit/test_upstream_http.py`` fails if this stops working.
+    """
+    take = getattr(content, "_read_nowait", None)
+    if take is None:
+        return b""
+    try:
+        return bytes(take(-1))
+    except Exception:
+        return b""
+
+
+async def _status_error(response: aiohttp.ClientResponse, timeout_seconds: float) -> UpstreamError:
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            body = (await response.read())[:_ERROR_BODY_LIMIT]
+    except (TimeoutError, aiohttp.ClientError):
+        body = b""
+    finally:
+        response.close()
+    return status_error(response.status, error_message(body), response.headers.get("Retry-After"))

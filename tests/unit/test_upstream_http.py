@@ -1,0 +1,138 @@
+"""The OpenAI upstream's reader against a raw TCP server: nothing lost to a dropped connection.
+
+The server writes a whole (unfinished) response and closes -- with a FIN or a reset -- before
+the client reads a byte of the body, which is the case aiohttp's public reads cannot handle:
+the connection's failure is stored while the bytes are still buffered. Regression for
+lifecycle v2, defect 1 (the end-to-end test is ``tests/e2e/test_upstream_drop.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import AsyncIterator, Callable
+
+import orjson
+import pytest
+
+from tests.helpers import wait_until
+from tokenrelay.config import ModelConfig
+from tokenrelay.errors import UpstreamProtocolError
+from tokenrelay.events import Chunk, Event, InBandError
+from tokenrelay.upstreams import OpenAIStream, OpenAIUpstream
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def sse(payload: dict[str, object] | bytes) -> bytes:
+    data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    return b"data: " + data + b"\n\n"
+
+
+def content(text: str) -> bytes:
+    return sse(
+        {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}}]}
+    )
+
+
+def chunked(body: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(body), body)
+
+
+Serve = Callable[[bytes, str], AsyncIterator[int]]
+
+
+async def start_server(response: bytes, ending: str) -> tuple[asyncio.Server, asyncio.Event]:
+    """A server that answers any request with ``response`` in one write, then FIN/RST/nothing."""
+    closed = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(response)
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        if ending == "reset":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if ending in ("fin", "reset"):
+            writer.close()
+            closed.set()
+        else:
+            await asyncio.sleep(30)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, closed
+
+
+@contextlib.asynccontextmanager
+async def answered(response: bytes, ending: str) -> AsyncIterator[tuple[OpenAIStream, asyncio.Event]]:
+    """An OpenAI stream opened against a server answering ``response`` (see ``start_server``)."""
+    server, closed = await start_server(response, ending)
+    port = server.sockets[0].getsockname()[1]
+    upstream = OpenAIUpstream(base_url=f"http://127.0.0.1:{port}/v1", api_key=None, max_connections=4)
+    try:
+        stream = await upstream.open_stream(
+            body={"messages": []}, upstream_model="m", config=ModelConfig(base_url="x"), request_id="r"
+        )
+        try:
+            yield stream, closed
+        finally:
+            await stream.aclose()
+    finally:
+        await upstream.aclose()
+        server.close()
+
+
+async def read_all(stream: OpenAIStream) -> tuple[list[Event], BaseException | None]:
+    events: list[Event] = []
+    try:
+        while not stream.ended:
+            events += await stream.read()
+    except UpstreamProtocolError as exc:
+        return events, exc
+    return events, None
+
+
+@pytest.mark.parametrize("ending", ["fin", "reset"])
+async def test_bytes_buffered_when_the_connection_dropped_are_read_before_the_error(ending: str) -> None:
+    words = [f" w{i}" for i in range(50)]
+    body = sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}) + b"".join(map(content, words))
+    async with answered(HEAD + chunked(body), ending) as (stream, closed):
+        await closed.wait()
+        reader = stream._body._content  # the precondition, checked rather than hoped for:
+        await wait_until(lambda: reader.exception() is not None, timeout=5, what="the drop is stored")
+        assert not reader.at_eof(), "the body's bytes are still buffered behind the stored error"
+
+        events, error = await read_all(stream)
+
+        assert "".join(e.text or "" for e in events if isinstance(e, Chunk)) == "".join(words)
+        assert isinstance(error, UpstreamProtocolError) and error.failure == "mid_stream_drop"
+        assert "dropped" in error.message
+
+
+async def test_a_complete_answer_ends_at_done_and_a_finish_without_done_ends_too() -> None:
+    finish = sse({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    usage = sse({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+    for tail in (finish + usage + sse(b"[DONE]") + b"0\r\n\r\n", finish):
+        async with answered(HEAD + chunked(content("hi") + tail), "fin") as (stream, _):
+            events, error = await read_all(stream)
+        assert error is None and stream.ended
+        chunks = [e for e in events if isinstance(e, Chunk)]
+        assert [c.text for c in chunks][:1] == ["hi"]
+        assert any(c.finish_reason == "stop" for c in chunks)
+
+
+async def test_what_came_before_a_broken_chunk_or_an_in_band_error_is_read_first() -> None:
+    body = content("a") + content("b") + b"data: {not json\n\n" + content("never")
+    async with answered(HEAD + chunked(body), "hold") as (stream, _):
+        events, error = await read_all(stream)
+    assert [e.text for e in events if isinstance(e, Chunk)] == ["a", "b"]
+    assert isinstance(error, UpstreamProtocolError) and "not JSON" in error.message
+
+    body = content("a") + sse({"error": {"message": "overloaded"}}) + content("never")
+    async with answered(HEAD + chunked(body), "hold") as (stream, _):
+        events = await stream.read()
+    assert isinstance(events[0], Chunk) and events[0].text == "a"
+    assert isinstance(events[-1], InBandError) and events[-1].message == "overloaded"
+    assert len(events) == 2, "nothing after the in-band error"
