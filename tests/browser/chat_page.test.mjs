@@ -19,6 +19,8 @@ const artifactDir = need("ARTIFACT_DIR");
 let browser;
 /** @type {import("playwright-core").Page} */
 let page;
+/** @type {string[]} */
+let consoleErrors;
 
 before(async () => {
   browser = await chromium.launch({
@@ -32,6 +34,10 @@ after(async () => browser?.close());
 beforeEach(async () => {
   page = await (await browser.newContext({ viewport: { width: 1000, height: 760 } })).newPage();
   page.on("pageerror", (error) => assert.fail(`uncaught error in the page: ${error.message}`));
+  consoleErrors = [];
+  page.on("console", (message) => {
+    if (message.type() === "error") consoleErrors.push(message.text());
+  });
   await page.goto(gatewayUrl);
   await page.locator("#model option").first().waitFor({ state: "attached" });
 });
@@ -160,6 +166,145 @@ test("model output cannot inject HTML; Markdown renders as elements", async () =
   assert.equal(await body.locator("a").getAttribute("href"), "https://example.com/x");
   assert.match((await body.locator("pre code").textContent()) ?? "", /^<iframe srcdoc=/);
 });
+
+test("the page loads with no console error, a favicon included", async () => {
+  const icon = await fetch(`${gatewayUrl}/favicon.ico`);
+  assert.equal(icon.status, 200);
+  assert.equal(icon.headers.get("content-type"), "image/x-icon");
+  await page.reload();
+  await page.locator("#model option").first().waitFor({ state: "attached" });
+  await page.waitForTimeout(300); // a missing icon is reported after the load
+  assert.deepEqual(consoleErrors, []);
+});
+
+test("a long unbroken word wraps inside its bubble", async () => {
+  await page.selectOption("#model", "echo");
+  const word = "https://example.com/" + "x".repeat(600);
+  await ask(word);
+  const answer = page.locator(".message.assistant").last();
+  await waitForState(answer, "done");
+  for (const bubble of [page.locator(".message.user").last(), answer]) {
+    const [scrollWidth, clientWidth] = await bubble.evaluate((el) => [el.scrollWidth, el.clientWidth]);
+    assert.ok(scrollWidth <= clientWidth, `content ${scrollWidth}px wide in a ${clientWidth}px bubble`);
+  }
+});
+
+test("New chat while an answer streams: the old answer stays out of the new conversation", async () => {
+  await page.selectOption("#model", "slow");
+  await ask("first question");
+  const first = page.locator(".message.assistant").last();
+  await first.locator(".body").filter({ hasText: /\S+ \S+ \S+/ }).waitFor();
+  await page.click("#new-chat");
+  assert.equal(await page.locator(".message").count(), 0);
+  await page.selectOption("#model", "echo");
+  const request = page.waitForRequest((r) => r.url().endsWith("/chat"));
+  await ask("second question");
+  assert.deepEqual((await request).postDataJSON().messages, [{ role: "user", content: "second question" }]);
+  await waitForState(page.locator(".message.assistant").last(), "done");
+  assert.equal(await page.locator(".message").count(), 2, "only the new question and its answer");
+});
+
+test("streamed Markdown renders exactly as the whole text would, at every length", async () => {
+  const mismatches = await page.evaluate(async (randomDocuments) => {
+    // @ts-ignore -- a module of the page, imported in the page
+    const { StreamingMarkdown, renderMarkdown } = await import("/static/markdown.js");
+    const documents = [
+      ...randomDocuments,
+      "# Title\nSome *em* and **strong** and `code` and [a link](https://e.org/x) here.\n\n- one\n- two `x`\n1. first\n2. second\n> quoted **b**\n> more\n\n```py\nprint('hi')\n\nx = 1\n```\nafter the fence\n## Sub\ntext\n",
+      "A line with **bold that runs on\nacross lines** and `code` then ``a`b`` and __under__score and my__snake__case and *x*y* end",
+      "para one\n\n\npara two\n```\nunclosed code with ``` inside\n``` x\n# not a heading#\n#tag word - item\n- item\n  - nested\n>q",
+      "[unsafe](javascript:x) [ok](https://a.b) [half](https://a\n*a* **b** `c` ***d*** _e_ __f__ ` g ` \\* \r\nwindows line\r\n\r\n2) two\n3. three",
+    ];
+    const found = [];
+    for (const doc of documents) {
+      const streamed = document.createElement("div");
+      const markdown = new StreamingMarkdown(streamed);
+      for (let end = 0; end <= doc.length; end += 1) {
+        const prefix = doc.slice(0, end);
+        markdown.update(prefix);
+        const whole = document.createElement("div");
+        whole.append(renderMarkdown(prefix));
+        if (streamed.innerHTML !== whole.innerHTML) {
+          found.push({ prefix, streamed: streamed.innerHTML, whole: whole.innerHTML });
+          break;
+        }
+      }
+    }
+    return found;
+  }, randomMarkdown(300, 11));
+  assert.deepEqual(mismatches, []);
+});
+
+/**
+ * Seeded random documents made of Markdown's building blocks, in every order.
+ * @param {number} count @param {number} seed
+ */
+function randomMarkdown(count, seed) {
+  const pieces = ["a", "b ", " ", "\n", "\n\n", "*", "**", "_", "__", "`", "``", "```", "```py\n", "~~~\n",
+    "# ", "## ", "- ", "1. ", "2) ", "> ", "[x](https://e.org)", "[y](javascript:z)", "[", "](", ")", "word ",
+    "  ", "\r\n", "\r", "\\*", "***", "x_y", "\t", "#"];
+  const next = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+  return Array.from({ length: count }, () =>
+    Array.from({ length: 5 + Math.floor(next() * 60) }, () => pieces[Math.floor(next() * pieces.length)]).join(""),
+  );
+}
+
+for (const [model, what] of [
+  ["markdown", "a 20,000-token Markdown answer"],
+  ["long-line", "a 20,000-token answer in one unbroken paragraph"],
+]) {
+  test(`${what} streams smoothly: 95th-percentile frame under 50 ms`, async () => {
+    const question = model === "markdown" ? longMarkdown() : "go";
+    await page.selectOption("#model", model);
+    await ask(question);
+    const answer = page.locator(".message.assistant").last();
+    await answer.locator(".body").filter({ hasText: /\S/ }).waitFor();
+    await page.evaluate(() => {
+      const frames = (window.__frames = []);
+      const tick = (/** @type {number} */ now) => {
+        frames.push(now);
+        if (!window.__stopFrames) requestAnimationFrame(tick);
+      };
+      requestAnimationFrame(tick);
+      // Text taken off the page while the answer streams: rendering it whole each frame takes
+      // all of it off every time; rendering what changed takes off the unfinished end only.
+      window.__removed = 0;
+      new MutationObserver((records) => {
+        for (const record of records) {
+          for (const node of record.removedNodes) window.__removed += node.textContent?.length ?? 0;
+        }
+      }).observe(document.getElementById("conversation"), { subtree: true, childList: true });
+    });
+    await answer.and(page.locator('[data-state="done"]')).waitFor({ timeout: 60000 });
+    const { frames, removed, length } = await page.evaluate(() => {
+      window.__stopFrames = true;
+      const body = document.querySelector(".message.assistant:last-of-type .body");
+      return { frames: window.__frames, removed: window.__removed, length: body?.textContent?.length ?? 0 };
+    });
+    const gaps = frames.slice(1).map((t, i) => t - frames[i]).sort((a, b) => a - b);
+    const p95 = gaps[Math.floor(gaps.length * 0.95)];
+    console.log(`${model}: ${gaps.length} frames, p50 ${gaps[gaps.length >> 1].toFixed(1)} ms, p95 ${p95.toFixed(1)} ms, max ${gaps.at(-1)?.toFixed(1)} ms; ${removed} characters re-rendered for ${length} shown`);
+    assert.ok(gaps.length > 100, `${gaps.length} frames while streaming`);
+    assert.ok(p95 < 50, `95th-percentile frame time ${p95.toFixed(1)} ms`);
+    // Each piece of text is drawn a bounded number of times (while open, once more when its block
+    // is final), not once per frame: a whole re-render per frame would take off ~frames × length / 2.
+    assert.ok(removed < 2 * length, `${removed} characters re-rendered for an answer of ${length}`);
+    if (model === "markdown") assert.equal(await answer.locator(".body pre").count(), 60);
+  });
+}
+
+/** About 20,000 tokens of Markdown (~100 KB): headings, paragraphs, lists and code. */
+function longMarkdown() {
+  const parts = [];
+  for (let i = 0; i < 60; i += 1) {
+    parts.push(`## Part ${i}`);
+    parts.push(`This is **paragraph ${i}** with \`inline code\`, *emphasis* and a [link](https://example.com/${i}). `.repeat(6));
+    parts.push(["- first point", "- second point with `code`", "- third point"].join("\n"));
+    parts.push("```js\n" + `function part${i}(x) {\n  return x * ${i};\n}\n`.repeat(3) + "```");
+    parts.push("Closing words for this part, plain text that goes on for a while. ".repeat(4));
+  }
+  return parts.join("\n\n");
+}
 
 test("a screenshot of a finished conversation", async () => {
   await page.selectOption("#model", "echo");

@@ -28,13 +28,21 @@ async def _index(_request: Request) -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", headers=_PAGE_HEADERS)
 
 
+async def _favicon(_request: Request) -> FileResponse:
+    # Browsers ask for /favicon.ico whatever the page links; a 404 is a console error in each.
+    return FileResponse(
+        STATIC_DIR / "favicon.ico", media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"}
+    )
+
+
 def web_routes() -> list[BaseRoute]:
-    """``/`` (the chat page) and ``/static/`` (its scripts, styles and the JS client).
+    """``/`` (the chat page), ``/favicon.ico``, and ``/static/`` (scripts, styles, the JS client).
 
     ``static/client`` links to ``clients/js/src``, the npm package's own files, so the page
     and the published library are one code base; ``follow_symlink`` lets the server read it.
     """
     return [
         Route("/", _index, methods=["GET", "HEAD"]),
+        Route("/favicon.ico", _favicon, methods=["GET", "HEAD"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR, follow_symlink=True), name="static"),
     ]

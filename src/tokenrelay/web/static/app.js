@@ -3,7 +3,7 @@
 // reading the page's markup and for the browser tests.
 
 import { APIError, ConnectionError, StreamError, chatEvents, isAbortError, listModels } from "./client/index.js";
-import { renderMarkdown } from "./markdown.js";
+import { StreamingMarkdown } from "./markdown.js";
 
 const KEY_STORAGE = "tokenrelay.apiKey";
 
@@ -20,6 +20,7 @@ const ui = {
   notice: $("notice"),
 };
 
+/** The conversation on screen; "New chat" starts another (an answer still streaming keeps its own). */
 /** @type {{role: string, content: string}[]} */
 let history = [];
 /** @type {AbortController | null} */
@@ -48,7 +49,7 @@ ui.prompt.addEventListener("keydown", (event) => {
 ui.stop.addEventListener("click", () => running?.abort());
 ui.newChat.addEventListener("click", () => {
   running?.abort();
-  history = [];
+  history = []; // a new array: the stopped answer finishes into the old conversation, not this one
   ui.conversation.replaceChildren();
   ui.prompt.focus();
 });
@@ -80,7 +81,8 @@ function showNotice(text) {
 
 /** @param {string} question */
 async function ask(question) {
-  history.push({ role: "user", content: question });
+  const conversation = history; // this answer belongs here, whatever "New chat" does meanwhile
+  conversation.push({ role: "user", content: question });
   addMessage("user").body.textContent = question;
   const answer = addMessage("assistant");
   answer.article.dataset.state = "streaming";
@@ -94,16 +96,17 @@ async function ask(question) {
   /** @type {any} */
   let usage = null;
   let frame = 0;
+  const markdown = new StreamingMarkdown(answer.body);
   const render = () => {
     frame = 0;
-    answer.body.replaceChildren(renderMarkdown(text));
-    ui.conversation.scrollTop = ui.conversation.scrollHeight;
+    markdown.update(text); // only what changed since the last frame is rendered
+    if (answer.article.isConnected) ui.conversation.scrollTop = ui.conversation.scrollHeight;
   };
   try {
     for await (const event of chatEvents({
       apiKey: ui.apiKey.value.trim() || undefined,
       model: ui.model.value || undefined,
-      messages: history,
+      messages: conversation,
       signal: running.signal,
     })) {
       if (event.type === "delta") {
@@ -134,8 +137,8 @@ async function ask(question) {
     setBusy(false);
   }
   const state = answer.article.dataset.state;
-  if (text) history.push({ role: "assistant", content: text });
-  else if (state !== "done") history.pop(); // nothing came back: do not send the question twice
+  if (text) conversation.push({ role: "assistant", content: text });
+  else if (state !== "done") conversation.pop(); // nothing came back: do not send the question twice
   answer.meta.textContent = describeAnswer(state, usage, firstTokenMs, performance.now() - started);
 }
 
