@@ -7,8 +7,13 @@ protocol. Adding a provider or a client protocol touches one module, never the r
 A :class:`Chunk` is one upstream chunk with whatever it carried: text, tool-call fragments,
 reasoning, a finish reason, usage. Upstreams that speak a client protocol natively (OpenAI
 upstreams to the OpenAI endpoint) attach their parsed chunk as ``native`` so its encoder can
-pass it through instead of rebuilding it. One ``Chunk`` per upstream chunk, built with
-positional arguments and ``__slots__``: it is made thousands of times a second.
+pass it through instead of rebuilding it. An error the upstream reports inside its stream is
+not an event but the end of them: the iteration raises an ``UpstreamError`` after the events
+before it (see ``upstreams/base.py``).
+
+A chunk is handled thousands of times a second: upstream iterators reuse one ``Chunk`` for
+all the events of a read, so whoever takes an event takes what it needs from it before the
+next one (the relay and every encoder do).
 
 Finish reasons use OpenAI's words (``stop``, ``length``, ``tool_calls``, ``content_filter``);
 other providers' reasons are mapped to them where they are read.
@@ -70,18 +75,3 @@ class Chunk:
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__ if name != "native")
         return f"Chunk({fields})"
-
-
-class InBandError:
-    """The upstream reported an error inside its (200) stream; nothing follows it."""
-
-    __slots__ = ("message",)
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-    def __repr__(self) -> str:
-        return f"InBandError({self.message!r})"
-
-
-Event = Chunk | InBandError

@@ -13,6 +13,7 @@ import contextlib
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import orjson
 import pytest
@@ -20,7 +21,6 @@ import pytest
 from tests.helpers import wait_until
 from tokenrelay.config import ModelConfig
 from tokenrelay.errors import UpstreamProtocolError
-from tokenrelay.events import Chunk, Event, InBandError
 from tokenrelay.upstreams import OpenAIStream, OpenAIUpstream
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -84,14 +84,23 @@ async def answered(response: bytes, ending: str) -> AsyncIterator[tuple[OpenAISt
         server.close()
 
 
-async def read_all(stream: OpenAIStream) -> tuple[list[Event], BaseException | None]:
-    events: list[Event] = []
+@dataclass
+class Seen:
+    """What one event carried (events are reused: the iterator hands out one Chunk)."""
+
+    text: str | None
+    finish_reason: str | None
+
+
+async def read_all(stream: OpenAIStream) -> tuple[list[Seen], UpstreamProtocolError | None]:
+    seen: list[Seen] = []
     try:
         while not stream.ended:
-            events += await stream.read()
+            for event in await stream.read():
+                seen.append(Seen(event.text, event.finish_reason))
     except UpstreamProtocolError as exc:
-        return events, exc
-    return events, None
+        return seen, exc
+    return seen, None
 
 
 @pytest.mark.parametrize("ending", ["fin", "reset"])
@@ -106,7 +115,7 @@ async def test_bytes_buffered_when_the_connection_dropped_are_read_before_the_er
 
         events, error = await read_all(stream)
 
-        assert "".join(e.text or "" for e in events if isinstance(e, Chunk)) == "".join(words)
+        assert "".join(e.text or "" for e in events) == "".join(words)
         assert isinstance(error, UpstreamProtocolError) and error.failure == "mid_stream_drop"
         assert "dropped" in error.message
 
@@ -118,21 +127,20 @@ async def test_a_complete_answer_ends_at_done_and_a_finish_without_done_ends_too
         async with answered(HEAD + chunked(content("hi") + tail), "fin") as (stream, _):
             events, error = await read_all(stream)
         assert error is None and stream.ended
-        chunks = [e for e in events if isinstance(e, Chunk)]
-        assert [c.text for c in chunks][:1] == ["hi"]
-        assert any(c.finish_reason == "stop" for c in chunks)
+        assert [e.text for e in events][:1] == ["hi"]
+        assert any(e.finish_reason == "stop" for e in events)
 
 
 async def test_what_came_before_a_broken_chunk_or_an_in_band_error_is_read_first() -> None:
     body = content("a") + content("b") + b"data: {not json\n\n" + content("never")
     async with answered(HEAD + chunked(body), "hold") as (stream, _):
         events, error = await read_all(stream)
-    assert [e.text for e in events if isinstance(e, Chunk)] == ["a", "b"]
+    assert [e.text for e in events] == ["a", "b"]
     assert isinstance(error, UpstreamProtocolError) and "not JSON" in error.message
 
     body = content("a") + sse({"error": {"message": "overloaded"}}) + content("never")
     async with answered(HEAD + chunked(body), "hold") as (stream, _):
-        events = await stream.read()
-    assert isinstance(events[0], Chunk) and events[0].text == "a"
-    assert isinstance(events[-1], InBandError) and events[-1].message == "overloaded"
-    assert len(events) == 2, "nothing after the in-band error"
+        events, error = await read_all(stream)
+    assert [e.text for e in events] == ["a"], "nothing after the in-band error"
+    assert isinstance(error, UpstreamProtocolError) and error.failure == "mid_stream_error"
+    assert error.message == "upstream error mid-stream: overloaded"

@@ -36,7 +36,9 @@ class OpenAIChunks:
         self._created = 0
 
     def encode(self, chunk: Chunk, out: bytearray) -> None:
-        native = chunk.native if chunk.native is not None else self._build(chunk)
+        native = chunk.native
+        if native is None:
+            native = self._build(chunk)
         if "usage" in native:
             if not self._include_usage:
                 # We always ask the upstream for usage; a client that did not ask must not see it.

@@ -108,6 +108,8 @@ class Sender:
 
     async def fail(self, response: tuple[int, list[tuple[bytes, bytes]], bytes], event: bytes) -> None:
         """End with an error: ``response`` if nothing was sent yet, else ``event`` in the stream."""
+        if self.closed:
+            return  # the response is complete: there is nothing left to say it in
         try:
             await self._claim()  # a keep-alive in flight may be starting the response: decide after it
             if self.started:

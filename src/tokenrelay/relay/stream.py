@@ -37,10 +37,8 @@ from tokenrelay.errors import (
     BudgetExceeded,
     TokenRelayError,
     UpstreamError,
-    UpstreamProtocolError,
     UpstreamTimeout,
 )
-from tokenrelay.events import InBandError
 from tokenrelay.observability.tracing import NO_SPAN, NoSpan, StreamSpan
 from tokenrelay.protocols import Encoder
 from tokenrelay.record import FOLD_EVERY, DisconnectPhase, StreamRecord, StreamStatus
@@ -189,29 +187,30 @@ class StreamRelay:
         while True:
             events = await read()
             now = clock()
-            for event in events:
-                if isinstance(event, InBandError):
-                    await sender.flush()  # what arrived before the error still goes out
-                    raise UpstreamProtocolError(
-                        f"upstream error mid-stream: {event.message}", failure="mid_stream_error"
-                    )
-                record.chunk_count += 1
-                text = event.text
-                if text:
-                    parts.append(text)
-                    if record.first_token_mono is None:
-                        self._first_token(now)
-                elif watchdog.first_output_at is None and event.is_progress:
-                    self._first_output(now)
-                finish_reason = event.finish_reason
-                if finish_reason:
-                    record.finish_reason = finish_reason
-                usage = event.usage
-                if usage is not None:
-                    record.set_upstream_usage(usage.prompt_tokens, usage.completion_tokens)
-                encode(event, out)
-            # The parsed events are done with: not kept alive while the client takes its bytes.
-            events.clear()
+            chunks = 0
+            try:
+                for event in events:  # one reused Chunk: everything is taken from it here
+                    chunks += 1
+                    text = event.text
+                    if text:
+                        parts.append(text)
+                        if record.first_token_mono is None:
+                            self._first_token(now)
+                    elif watchdog.first_output_at is None and event.is_progress:
+                        self._first_output(now)
+                    finish_reason = event.finish_reason
+                    if finish_reason:
+                        record.finish_reason = finish_reason
+                    usage = event.usage
+                    if usage is not None:
+                        record.set_upstream_usage(usage.prompt_tokens, usage.completion_tokens)
+                    encode(event, out)
+            except UpstreamError:
+                # An error the upstream sent in its stream: what came before it still goes out.
+                record.chunk_count += chunks
+                await sender.flush()
+                raise
+            record.chunk_count += chunks
             if len(parts) >= FOLD_EVERY:
                 record.fold_completion()  # per read, not per chunk: a long answer stays compact
             if out:

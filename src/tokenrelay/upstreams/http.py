@@ -23,9 +23,6 @@ from tokenrelay.errors import UpstreamError, UpstreamProtocolError, UpstreamTime
 from tokenrelay.upstreams.base import error_message, status_error
 
 _ERROR_BODY_LIMIT = 64 * 1024
-# Most bytes handed over per read. Everything buffered would do (one client write can carry
-# many events), but a read is parsed into objects all at once: about ten times its size.
-READ_LIMIT = 64 * 1024
 
 
 class HttpClient:
@@ -89,12 +86,15 @@ class HttpBody:
         self._on_close = on_close
 
     async def read(self) -> bytes:
-        """What was received since the last read (any framing, up to ``READ_LIMIT`` bytes);
-        ``b""`` at the body's end."""
+        """Everything received since the last read (any framing); ``b""`` at the body's end.
+
+        All that is buffered at once: one client write can then carry many events (they are
+        parsed one at a time as they are taken, so a large read costs no memory to speak of).
+        """
         if self._failure is not None:
             raise self._failure
         try:
-            return await self._content.read(READ_LIMIT)
+            return await self._content.readany()
         except aiohttp.ClientError as exc:
             failure = UpstreamProtocolError(
                 f"upstream connection dropped mid-stream: {type(exc).__name__}", failure="mid_stream_drop"
@@ -105,10 +105,6 @@ class HttpBody:
                 raise failure from exc
             self._failure = failure
             return left
-
-    def fail_next(self, failure: UpstreamError) -> None:
-        """Make the next ``read`` raise ``failure`` (a parser found the stream broken)."""
-        self._failure = failure
 
     async def aclose(self) -> None:
         """Give the connection back if the body was read to its end; otherwise close it.
