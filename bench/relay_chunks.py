@@ -241,19 +241,28 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
     print()
     names = list(sources)
+    summary: dict[str, dict[str, Any]] = {}
     for workload, by_name in results.items():
-        medians = {name: statistics.median(r["us_per_chunk"] for r in by_name[name]) for name in names}
         ratios = [
             new["us_per_chunk"] / old["us_per_chunk"]
             for new, old in zip(by_name[names[0]], by_name[names[1]], strict=True)
         ]
+        summary[workload] = {
+            "this_us": statistics.median(r["us_per_chunk"] for r in by_name[names[0]]),
+            "baseline_us": statistics.median(r["us_per_chunk"] for r in by_name[names[1]]),
+            "ratios": ratios,
+            "median_ratio": statistics.median(ratios),
+        }
+        s = summary[workload]
         print(
-            f"{workload}: {names[0]} {medians[names[0]]:.2f} µs, {names[1]} {medians[names[1]]:.2f} µs "
+            f"{workload}: {names[0]} {s['this_us']:.2f} µs, {names[1]} {s['baseline_us']:.2f} µs "
             f"per chunk; ratio per round {', '.join(f'{r:.3f}' for r in ratios)} "
-            f"(median {statistics.median(ratios):.3f})"
+            f"(median {s['median_ratio']:.3f})"
         )
     if args.json:
-        args.json.write_text(json.dumps({"baseline": commit, "results": results}, indent=1))
+        args.json.write_text(
+            json.dumps({"baseline": commit, "rounds": args.rounds, "summary": summary, "results": results})
+        )
     return 0
 
 
