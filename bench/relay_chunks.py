@@ -37,6 +37,8 @@ WORKLOADS = {
     # name: (model options, streams, seconds)
     "batched": ("sim?tokens=20000", 4, 3.0),
     "one event per read": ("sim?tokens=100000&tps=50", 300, 8.0),
+    # Many short streams: what each stream costs the relay to open, run and account for.
+    "short streams": ("sim?tokens=20", 32, 3.0),
 }
 
 CHILD = r"""
@@ -82,13 +84,16 @@ async def main():
     upstream = Upstream(base_url=sim_url, api_key=None, max_connections=1000)
     upstream.start()
     chunks = 0
+    streams_done = 0
 
     async def one(index, deadline):
         nonlocal chunks
 
         async def send(message):
-            nonlocal chunks
+            nonlocal chunks, streams_done
             chunks += message.get("body", b"").count(b"\n\n")
+            if message.get("more_body") is False:
+                streams_done += 1
 
         while time.monotonic() < deadline:
             gone = asyncio.Event()  # per stream: a cancelled watcher takes its waiter down with it
@@ -121,14 +126,14 @@ async def main():
     # Warm up (first connections, first allocations), then measure a fresh window.
     warm_until = time.monotonic() + 0.5
     await asyncio.gather(*(one(i, warm_until) for i in range(min(streams, 4))))
-    chunks = 0
+    chunks = streams_done = 0
     until = time.monotonic() + seconds
     cpu = time.process_time()
     await asyncio.gather(*(one(i, until) for i in range(streams)))
     cpu = time.process_time() - cpu
     await writer.close()
     await upstream.aclose()
-    print(json.dumps({"chunks": chunks, "cpu_seconds": cpu, "v2": V2}))
+    print(json.dumps({"chunks": chunks, "streams": streams_done, "cpu_seconds": cpu, "v2": V2}))
 
 
 uvloop.run(main())
@@ -189,6 +194,7 @@ def measure(src: Path, sim_url: str, workload: str) -> dict[str, Any]:
         raise RuntimeError(f"the relay process failed:\n{done.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     result["us_per_chunk"] = result["cpu_seconds"] / max(result["chunks"], 1) * 1e6
+    result["us_per_stream"] = result["cpu_seconds"] / max(result["streams"], 1) * 1e6
     return result
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from tests.helpers import wait_until
 from tokenrelay.config import ModelConfig
-from tokenrelay.errors import UpstreamProtocolError
+from tokenrelay.errors import UpstreamProtocolError, UpstreamUnavailable
 from tokenrelay.upstreams import OpenAIStream, OpenAIUpstream
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -44,44 +44,50 @@ def chunked(body: bytes) -> bytes:
 Serve = Callable[[bytes, str], AsyncIterator[int]]
 
 
-async def start_server(response: bytes, ending: str) -> tuple[asyncio.Server, asyncio.Event]:
-    """A server that answers any request with ``response`` in one write, then FIN/RST/nothing."""
+@contextlib.asynccontextmanager
+async def serving(response: bytes, ending: str) -> AsyncIterator[tuple[int, asyncio.Event]]:
+    """A server answering any request with ``response`` in one write, then FIN, RST, or nothing
+    (``hold``); yields its port and an event set once it has closed. Everything is closed after."""
     closed = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
         await reader.readuntil(b"\r\n\r\n")
         writer.write(response)
         await writer.drain()
-        sock = writer.get_extra_info("socket")
         if ending == "reset":
+            sock = writer.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         if ending in ("fin", "reset"):
             writer.close()
             closed.set()
-        else:
-            await asyncio.sleep(30)
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, closed
+    try:
+        yield server.sockets[0].getsockname()[1], closed
+    finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
 
 
 @contextlib.asynccontextmanager
 async def answered(response: bytes, ending: str) -> AsyncIterator[tuple[OpenAIStream, asyncio.Event]]:
-    """An OpenAI stream opened against a server answering ``response`` (see ``start_server``)."""
-    server, closed = await start_server(response, ending)
-    port = server.sockets[0].getsockname()[1]
-    upstream = OpenAIUpstream(base_url=f"http://127.0.0.1:{port}/v1", api_key=None, max_connections=4)
-    try:
-        stream = await upstream.open_stream(
-            body={"messages": []}, upstream_model="m", config=ModelConfig(base_url="x"), request_id="r"
-        )
+    """An OpenAI stream opened against a server answering ``response`` (see ``serving``)."""
+    async with serving(response, ending) as (port, closed):
+        upstream = OpenAIUpstream(base_url=f"http://127.0.0.1:{port}/v1", api_key=None, max_connections=4)
         try:
-            yield stream, closed
+            stream = await upstream.open_stream(
+                body={"messages": []}, upstream_model="m", config=ModelConfig(base_url="x"), request_id="r"
+            )
+            try:
+                yield stream, closed
+            finally:
+                await stream.aclose()
         finally:
-            await stream.aclose()
-    finally:
-        await upstream.aclose()
-        server.close()
+            await upstream.aclose()
 
 
 @dataclass
@@ -144,3 +150,46 @@ async def test_what_came_before_a_broken_chunk_or_an_in_band_error_is_read_first
     assert [e.text for e in events] == ["a"], "nothing after the in-band error"
     assert isinstance(error, UpstreamProtocolError) and error.failure == "mid_stream_error"
     assert error.message == "upstream error mid-stream: overloaded"
+
+
+async def test_the_proxy_from_the_environment_is_used_and_no_proxy_honoured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTP(S)_PROXY and NO_PROXY, as every HTTP client honours them (looked up once per URL)."""
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n"))
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(HEAD + chunked(content("via the proxy") + sse(b"[DONE]")) + b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    upstream = OpenAIUpstream(base_url="http://upstream.invalid/v1", api_key=None, max_connections=4)
+    try:
+        stream = await upstream.open_stream(
+            body={"messages": []}, upstream_model="m", config=ModelConfig(base_url="x"), request_id="r"
+        )
+        events, error = await read_all(stream)
+        await stream.aclose()
+    finally:
+        await upstream.aclose()
+        server.close()
+        await server.wait_closed()
+    assert seen == [b"POST http://upstream.invalid/v1/chat/completions HTTP/1.1\r\n"]
+    assert error is None and [e.text for e in events] == ["via the proxy"]
+
+    monkeypatch.setenv("NO_PROXY", "upstream.invalid")
+    bypassed = OpenAIUpstream(base_url="http://upstream.invalid/v1", api_key=None, max_connections=4)
+    try:
+        with pytest.raises(UpstreamUnavailable):  # straight to a host that does not exist
+            await bypassed.open_stream(
+                body={"messages": []}, upstream_model="m", config=ModelConfig(base_url="x"), request_id="r"
+            )
+    finally:
+        await bypassed.aclose()
+    assert len(seen) == 1

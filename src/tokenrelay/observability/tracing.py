@@ -44,6 +44,8 @@ def otlp_tracer_provider() -> TracerProvider:
 class Tracing:
     """Creates the stream spans and instruments the upstream HTTP client while it lives."""
 
+    enabled = True
+
     def __init__(self, provider: TracerProvider) -> None:
         from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
 
@@ -151,6 +153,8 @@ NO_SPAN = NoSpan()
 
 class NoTracing:
     """Tracing turned off (no branch on the hot path)."""
+
+    enabled = False
 
     def stream_span(
         self,

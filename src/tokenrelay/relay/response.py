@@ -46,15 +46,21 @@ class RelayedStream(Response):
         self._encoder = encoder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._key is None:
+            # No key, nothing to admit (auth off): not even the Admission object, per stream.
+            await self._relay(None).run(scope, receive, send)
+            return
         # A refusal here raises before anything was sent: the app's handlers make it a 429.
         async with Admission(self._runtime, self._key, self._record) as admitted:
-            relay = StreamRelay(
-                runtime=self._runtime,
-                record=self._record,
-                model=self._model,
-                body=self._body,
-                upstream=self._upstream,
-                encoder=self._encoder,
-                completion_allowance=admitted.completion_allowance,
-            )
-            await relay.run(scope, receive, send)
+            await self._relay(admitted.completion_allowance).run(scope, receive, send)
+
+    def _relay(self, completion_allowance: int | None) -> StreamRelay:
+        return StreamRelay(
+            runtime=self._runtime,
+            record=self._record,
+            model=self._model,
+            body=self._body,
+            upstream=self._upstream,
+            encoder=self._encoder,
+            completion_allowance=completion_allowance,
+        )

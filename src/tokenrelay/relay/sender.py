@@ -126,12 +126,16 @@ class Sender:
             self.writing = False
 
     async def _body(self, data: bytes, *, more: bool) -> None:
+        send = self._send
         try:
-            await self._claim()  # a keep-alive in flight may be starting the response: decide after it
+            self.writing = True  # claimed: no keep-alive starts from now on
+            if self._ping is not None:
+                await asyncio.wait((self._ping,))  # one already on the wire may start the response
+            self.last_write_at = time.monotonic()
             if not self.started:
                 self.started = True
-                await self._send_now({"type": "http.response.start", "status": 200, "headers": self._headers})
-            await self._send_now({"type": "http.response.body", "body": data, "more_body": more})
+                await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+            await send({"type": "http.response.body", "body": data, "more_body": more})
             if not more:
                 self.closed = True
         finally:

@@ -131,7 +131,9 @@ class StreamRelay:
             self._span = runtime.tracing.stream_span(record, scope["headers"], type(encoder).__name__)
             watcher = self._watcher = asyncio.ensure_future(self._watch_client(receive))
             watchdog.start()
-            upstream = await self._race(self._open())
+            # The upstream call's span (if tracing) is a child of this stream's.
+            opening = self._open() if runtime.tracing.enabled else self._open_untraced()
+            upstream = await self._race(opening)
             await self._race(self._forward(upstream, sender, watchdog))
             await self._end_completed(sender)
         except StreamStopped as stop:
@@ -162,17 +164,19 @@ class StreamRelay:
             await self._release(upstream, watcher, sender)
 
     async def _open(self) -> UpstreamStream:
-        # The upstream call's span (if tracing) is a child of this stream's.
         token = self._span.current()
         try:
-            return await self._upstream.open_stream(
-                body=self._body,
-                upstream_model=self.record.upstream_model,
-                config=self._model,
-                request_id=self.record.request_id,
-            )
+            return await self._open_untraced()
         finally:
             self._span.restore(token)
+
+    def _open_untraced(self) -> Awaitable[UpstreamStream]:
+        return self._upstream.open_stream(
+            body=self._body,
+            upstream_model=self.record.upstream_model,
+            config=self._model,
+            request_id=self.record.request_id,
+        )
 
     async def _forward(self, upstream: UpstreamStream, sender: Sender, watchdog: Watchdog) -> None:
         """Upstream events -> counted in the record -> encoded once -> one write per read."""
@@ -332,7 +336,13 @@ class StreamRelay:
                         extra={"request_id": self.record.request_id},
                     )
             if watcher is not None:
-                await asyncio.wait((watcher,))
+                try:
+                    await watcher  # cancelled above: it ends at once
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # we are being cancelled ourselves, not just the watcher
+
         finally:
             if self._counted:
                 gone = self._client_gone_at
