@@ -10,8 +10,9 @@ simulator, the relay, the OpenAI encoder, and an ASGI ``send`` that drops the by
 chunk = the process's CPU time over the chunks relayed, in alternating rounds; medians.
 
 Workloads: *batched* (``sim?tokens=20000``, 64 events per upstream read: the parser, encoder
-and record per chunk) and *one event per read* (300 streams paced at 50 tokens/s: every chunk
-pays for a read, a write and the loop's wake-up).
+and record per chunk), *one event per read* (300 streams paced at 50 tokens/s: every chunk
+pays for a read, a write and the loop's wake-up) and *short streams* (``sim?tokens=20`` on 32
+connections: what opening, running and accounting for a stream costs, per stream).
 
 The baseline's code is a detached ``git worktree`` of REF in a scratch directory. Both
 versions are driven through their own public API (the adapter below knows the relay's API
@@ -238,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                     results[workload][name].append(result)
                     print(
                         f"round {round_number + 1} {workload:>20} {name:>18}: "
-                        f"{result['us_per_chunk']:7.2f} µs per chunk ({result['chunks']:,} chunks)",
+                        f"{result['us_per_chunk']:7.2f} µs per chunk ({result['chunks']:,} chunks), "
+                        f"{result['us_per_stream']:7.1f} µs per stream",
                         flush=True,
                     )
     finally:
@@ -249,20 +251,20 @@ def main(argv: list[str] | None = None) -> int:
     names = list(sources)
     summary: dict[str, dict[str, Any]] = {}
     for workload, by_name in results.items():
-        ratios = [
-            new["us_per_chunk"] / old["us_per_chunk"]
-            for new, old in zip(by_name[names[0]], by_name[names[1]], strict=True)
-        ]
+        unit = "stream" if workload == "short streams" else "chunk"
+        key = f"us_per_{unit}"
+        ratios = [new[key] / old[key] for new, old in zip(by_name[names[0]], by_name[names[1]], strict=True)]
         summary[workload] = {
-            "this_us": statistics.median(r["us_per_chunk"] for r in by_name[names[0]]),
-            "baseline_us": statistics.median(r["us_per_chunk"] for r in by_name[names[1]]),
+            "unit": unit,
+            "this_us": statistics.median(r[key] for r in by_name[names[0]]),
+            "baseline_us": statistics.median(r[key] for r in by_name[names[1]]),
             "ratios": ratios,
             "median_ratio": statistics.median(ratios),
         }
         s = summary[workload]
         print(
             f"{workload}: {names[0]} {s['this_us']:.2f} µs, {names[1]} {s['baseline_us']:.2f} µs "
-            f"per chunk; ratio per round {', '.join(f'{r:.3f}' for r in ratios)} "
+            f"per {unit}; ratio per round {', '.join(f'{r:.3f}' for r in ratios)} "
             f"(median {s['median_ratio']:.3f})"
         )
     if args.json:

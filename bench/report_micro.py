@@ -196,7 +196,7 @@ def render_relay_chunks(r: Results) -> list[str]:
     b = r.relay_bench
     if not b:
         return []
-    out = ["## 10. The relay's CPU per chunk against the baseline", ""]
+    out = ["## 10. The relay's own CPU against the baseline", ""]
     out.append(
         f"`bench/relay_chunks.py --baseline {b['baseline']}`: each version's relay in a process of its "
         "own on core 0, in process without uvicorn (real upstream connections to the simulator on "
@@ -204,16 +204,18 @@ def render_relay_chunks(r: Results) -> list[str]:
         f"{b['rounds']} alternating rounds; CPU per chunk = the process's CPU over the chunks relayed. "
         "The HTTP server and client are the same in both versions, so this is the relay's own "
         "difference, free of most of a whole-gateway A/B's noise. *Batched*: `sim?tokens=20000` "
-        "(64 events per upstream read); *one event per read*: 300 streams paced at 50 tokens/s."
+        "(64 events per upstream read); *one event per read*: 300 streams paced at 50 tokens/s; "
+        "*short streams*: `sim?tokens=20` on 32 connections, CPU per stream."
     )
     out.append("")
     rows = []
     for workload, s in b["summary"].items():
         change = s["median_ratio"] - 1
         verdict = "within 5 %" if abs(change) <= 0.05 else ("regressed" if change > 0 else "improved")
+        unit = s.get("unit", "chunk")
         rows.append(
             [
-                workload,
+                f"{workload} (µs per {unit})",
                 f"{s['baseline_us']:.2f}",
                 f"{s['this_us']:.2f}",
                 ", ".join(f"{x:.3f}" for x in s["ratios"]),
