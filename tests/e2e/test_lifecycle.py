@@ -8,6 +8,7 @@ upstream over TCP, the ledger writer on SQLite, Redis behind a loopback proxy.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -209,3 +210,34 @@ async def test_a_failure_while_a_stream_is_set_up_is_released_and_recorded(gatew
 
 def scope() -> dict[str, Any]:
     return {"type": "http", "headers": [], "extensions": {}}
+
+
+async def test_a_finished_stream_leaves_no_reference_cycle_for_the_garbage_collector(
+    gateway_parts: Any,
+) -> None:
+    """A stream's objects are freed by reference counting when it ends, whatever its end.
+
+    Regression (found measuring lifecycle v2): the watchdog held the stream's callbacks while the
+    stream held the watchdog, and the stream its watcher task, whose coroutine held the stream:
+    17 objects per stream waited for the cyclic collector, whose pauses showed as a latency tail
+    (TTFT p99 at 1 stream x1.7 against the relay before it)."""
+    gateway: Gateway = await gateway_parts()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(5):
+            stream, fake = gateway.stream(), FakeClient()
+            await asyncio.wait_for(stream(scope(), fake.receive, fake.send), 5)  # completed
+            stream, fake = gateway.stream(), FakeClient()
+            task = asyncio.ensure_future(stream(scope(), fake.receive, fake.send))
+            await fake.started.wait()
+            fake.leave()  # client gone
+            await asyncio.wait_for(task, 5)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = sorted({type(o).__name__ for o in gc.garbage if type(o).__module__.startswith("tokenrelay")})
+        assert left == [], f"freed only by the cyclic collector: {left}"
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()

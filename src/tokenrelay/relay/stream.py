@@ -344,6 +344,9 @@ class StreamRelay:
                         raise  # we are being cancelled ourselves, not just the watcher
 
         finally:
+            # Nothing of this stream refers back to it any more: freed by reference counting,
+            # never left to the cyclic garbage collector (whose pauses show in the latency tail).
+            self._watcher = None
             if self._counted:
                 gone = self._client_gone_at
                 aborted_in = time.monotonic() - gone if gone is not None else None
