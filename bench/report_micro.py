@@ -189,6 +189,13 @@ def render_metrics_overhead(r: Results) -> list[str]:
         f"short streams x{b['streams_per_s_on_over_off']:.3f}.",
         "",
     ]
+    if "in_process_us_per_stream" in b:
+        out += [
+            "In process, free of two processes' noise: recording one stream's metrics (start, end, "
+            "outcome) costs "
+            f"**{b['in_process_us_per_stream']:.1f} µs** of CPU (the best of 5 runs of 20,000 streams).",
+            "",
+        ]
     return out
 
 

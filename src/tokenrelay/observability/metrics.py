@@ -12,6 +12,7 @@ them over all workers (gauges: over the live ones).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -40,6 +41,7 @@ class Metrics:
     def __init__(self) -> None:
         self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.streams_in_flight = Gauge(
             "tokenrelay_streams_in_flight",
@@ -117,13 +119,23 @@ class Metrics:
 
     # -- recording -----------------------------------------------------------------------------
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, resolved once: ``labels()`` takes a lock and builds a key
+        each time (measured: most of the metrics' cost per stream); label values are bounded by
+        the configuration, so the cache is too."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def stream_started(self, model: str) -> None:
         """A stream was admitted."""
-        self.streams_in_flight.labels(model).inc()
+        self._child(self.streams_in_flight, model).inc()
 
     def stream_relayed(self, model: str, abort_seconds: float | None) -> None:
         """The stream's connections are closed (the ledger row and the counts come later)."""
-        self.streams_in_flight.labels(model).dec()
+        self._child(self.streams_in_flight, model).dec()
         if abort_seconds is not None:
             self.abort_latency.observe(abort_seconds)
 
@@ -134,23 +146,24 @@ class Metrics:
     def stream_finished(self, record: StreamRecord) -> None:
         """A stream's outcome, once its usage is known (called by the ledger writer)."""
         model = record.model
-        self.streams.labels(model, str(record.status)).inc()
+        child = self._child
+        child(self.streams, model, str(record.status)).inc()
         if record.ttft_ms is not None:
-            self.ttft.labels(model).observe(record.ttft_ms / 1000)
+            child(self.ttft, model).observe(record.ttft_ms / 1000)
         if record.duration_ms is not None:
-            self.duration.labels(model).observe(record.duration_ms / 1000)
+            child(self.duration, model).observe(record.duration_ms / 1000)
         source = str(record.usage_source) if record.usage_source is not None else "none"
         if record.prompt_tokens:
-            self.tokens.labels(model, "prompt", source).inc(record.prompt_tokens)
+            child(self.tokens, model, "prompt", source).inc(record.prompt_tokens)
         if record.completion_tokens:
-            self.tokens.labels(model, "completion", source).inc(record.completion_tokens)
+            child(self.tokens, model, "completion", source).inc(record.completion_tokens)
         if record.status is StreamStatus.CLIENT_DISCONNECTED and record.disconnect_phase is not None:
-            self.disconnects.labels(model, str(record.disconnect_phase)).inc()
+            child(self.disconnects, model, str(record.disconnect_phase)).inc()
         elif record.status is StreamStatus.CLIENT_TOO_SLOW:
-            self.slow_clients.labels(model).inc()
+            child(self.slow_clients, model).inc()
         failure = upstream_failure(record)
         if failure is not None:
-            self.upstream_errors.labels(model, failure).inc()
+            child(self.upstream_errors, model, failure).inc()
 
     # -- the ledger (ledger.store.LedgerEvents) -------------------------------------------------
 
