@@ -131,7 +131,10 @@ def render(r: Results) -> str:
     out += [
         "```sh",
         "python dev.py            # or: python -m venv .venv && .venv/bin/pip install -e '.[dev]'",
-        ".venv/bin/python bench/run.py           # full run, ~7 min; overwrites BENCHMARKS.md",
+        ".venv/bin/python bench/run.py --baseline REF  # full run against commit REF, ~14 min; "
+        "overwrites BENCHMARKS.md",
+        ".venv/bin/python bench/run.py --save-results out.json  # keep the raw measurements; "
+        "--render-from out.json re-renders them",
         ".venv/bin/python bench/run.py --quick   # ~2 min, smaller samples",
         ".venv/bin/python bench/ledger_rows.py       # section 6 alone",
         ".venv/bin/python bench/upstream_clients.py  # section 7 alone (starts its own simulator)",
