@@ -1,7 +1,12 @@
-"""The simulated OpenAI-compatible upstream: a raw ASGI app, cheap per chunk.
+"""The simulated upstream: OpenAI chat completions and Anthropic Messages, a raw ASGI app,
+cheap per chunk.
 
+``POST .../chat/completions`` speaks OpenAI's protocol, ``POST .../messages`` Anthropic's
+(``x-api-key`` and ``anthropic-version`` accepted, not checked; ``stop_sequences`` ignored).
 Behaviour is chosen per request by query-style options in the model name
-(``sim?ttft=0.2&tokens=50``) or in an ``X-Sim-Options`` header (same syntax, wins):
+(``sim?ttft=0.2&tokens=50``) or in an ``X-Sim-Options`` header (same syntax, wins); every
+option works on both protocols. A "chunk" is one streamed piece: of text, thinking or a
+tool call's arguments.
 
 =================  =============================================================
 ``tokens=N``       answer with N filler words (default: a short echo answer)
@@ -15,15 +20,32 @@ Behaviour is chosen per request by query-style options in the model name
 ``drop=reset``     drop with a TCP reset instead of a clean close (FIN), the default ``fin``
 ``burst=1``        hold every write until the end (or the drop): headers, chunks and the close
                    reach the client together, as from a fast upstream behind a buffering proxy
-``error_after=N``  after N content chunks, send an in-stream ``{"error": ...}`` and end
-``status=C``       answer HTTP C with an OpenAI-shaped error before streaming
+``error_after=N``  after N content chunks, send an in-stream error and end (OpenAI
+                   ``{"error": ...}``; Anthropic ``event: error``, ``overloaded_error``)
+``status=C``       answer HTTP C with the protocol's error body before streaming
 ``retry_after=S``  ``Retry-After`` header with ``status``
-``usage=0``        never send a usage chunk, even when asked
+``usage=0``        OpenAI: never send a usage chunk, even when asked (Anthropic: no effect,
+                   its usage is part of ``message_start`` and ``message_delta``)
+``malformed=1``    OpenAI: the first chunk is valid JSON in the wrong shape (``"choices"`` a string)
+``tool=1``         answer with one call of the request's first tool (default ``get_weather``),
+                   no text: arguments ``{"city": "Paris", "unit": "celsius"}`` in 3 chunks;
+                   OpenAI ``delta.tool_calls``, Anthropic a ``tool_use`` block
+``think=N``        N thinking chunks first: OpenAI ``delta.reasoning_content``, Anthropic
+                   a ``thinking`` block (then a ``signature_delta``)
+``finish=R``       the finish reason: ``length`` (Anthropic ``max_tokens``), ``stop``
+                   (``end_turn``), ``tool_calls`` (``tool_use``), others verbatim; the
+                   default is ``tool_calls`` with ``tool=1``, else ``stop``
+``cache_read=N``   cached prompt tokens: Anthropic ``cache_read_input_tokens``, OpenAI
+                   ``usage.prompt_tokens_details.cached_tokens``
+``cache_creation`` Anthropic ``cache_creation_input_tokens`` (OpenAI has none)
 =================  =============================================================
+
+Usage counts one output token per chunk, and the prompt with a words-plus-overhead guess.
 
 ``GET /_stats`` lists recent requests: chunks sent, timings (``time.monotonic()``, which is
 system-wide on Linux so tests in another process can compare) and how each one ended:
-``completed``, ``client_closed`` (the client left first), ``dropped``, ``error_status``.
+``completed``, ``client_closed`` (the client left first), ``dropped``, ``error_status``,
+``error_event``.
 """
 
 from __future__ import annotations
@@ -31,16 +53,32 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from tokenrelay.sim.behaviour import RequestStats, SimOptions, SimState, answer, usage
+from tokenrelay.sim import anthropic, openai
+from tokenrelay.sim.behaviour import Answer, Frames, RequestStats, SimOptions, SimState, plan
 from tokenrelay.sim.connection import cork, drop_connection, peer_gone
 
 _BATCH_EVENTS = 64  # events per write when sending as fast as possible
+
+
+@dataclass(frozen=True, slots=True)
+class _Wire:
+    """A protocol: what it refuses, its stream, its whole answer, its error bodies."""
+
+    problem: Callable[[dict[str, Any]], str | None]
+    frames: Callable[[dict[str, Any], Answer, SimOptions], Frames]
+    body: Callable[[dict[str, Any], Answer, SimOptions], dict[str, Any]]
+    error_body: Callable[[int, str | None], dict[str, Any]]
+
+
+_OPENAI = _Wire(openai.problem, openai.frames, openai.completion, openai.error_body)
+_ANTHROPIC = _Wire(anthropic.problem, anthropic.frames, anthropic.message, anthropic.error_body)
 
 
 class _Dropped(Exception):
@@ -52,7 +90,7 @@ class _PeerGone(Exception):
 
 
 class SimulatedUpstream:
-    """ASGI app implementing the parts of the OpenAI API the gateway uses."""
+    """ASGI app implementing the parts of the OpenAI and Anthropic APIs a gateway uses."""
 
     def __init__(self) -> None:
         self.state = SimState()
@@ -66,7 +104,9 @@ class SimulatedUpstream:
         path: str = scope["path"]
         method: str = scope["method"]
         if path.endswith("/chat/completions") and method == "POST":
-            await self._chat(scope, receive, send)
+            await self._generate(scope, receive, send, _OPENAI)
+        elif path.endswith("/messages") and method == "POST":
+            await self._generate(scope, receive, send, _ANTHROPIC)
         elif path.endswith("/models") and method == "GET":
             await _json(
                 send, 200, {"object": "list", "data": [{"id": "sim", "object": "model", "owned_by": "sim"}]}
@@ -79,7 +119,7 @@ class SimulatedUpstream:
         else:
             await _json(send, 404, {"error": {"message": "not found", "type": "invalid_request_error"}})
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _generate(self, scope: Scope, receive: Receive, send: Send, wire: _Wire) -> None:
         body = await _read_body(receive)
         request = orjson.loads(body)
         headers = dict(scope["headers"])
@@ -96,9 +136,7 @@ class SimulatedUpstream:
         )
         self.state.requests.append(stats)
         self.state.active += 1
-        pieces = answer(request.get("messages", []), options)
-        include_usage = bool((request.get("stream_options") or {}).get("include_usage")) and options.usage
-        task = asyncio.ensure_future(_respond(send, request, pieces, options, stats, include_usage))
+        task = asyncio.ensure_future(_respond(send, wire, request, options, stats))
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
         try:
             done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -152,42 +190,43 @@ async def _json(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _error_status(send: Send, options: SimOptions, stats: RequestStats) -> None:
-    status = options.status or 500
-    headers = [(b"retry-after", options.retry_after.encode())] if options.retry_after else []
-    stats.end = "error_status"
-    kind = "rate_limit_error" if status == 429 else "server_error"
-    await _json(
-        send, status, {"error": {"message": f"simulated {status}", "type": kind, "code": None}}, headers
-    )
-
-
 async def _respond(
-    send: Send,
-    request: dict[str, Any],
-    answer: Sequence[str],
-    options: SimOptions,
-    stats: RequestStats,
-    include_usage: bool,
+    send: Send, wire: _Wire, request: dict[str, Any], options: SimOptions, stats: RequestStats
 ) -> None:
     if options.headers_delay:
         await asyncio.sleep(options.headers_delay)
-    if options.status:
-        await _error_status(send, options, stats)
-    elif stats.stream:
-        await _stream(send, request, answer, options, stats, include_usage)
+    problem = wire.problem(request)
+    if options.status or problem:
+        # A simulated status says "simulated <status>"; a refused request says why.
+        status, message = (options.status, None) if options.status else (400, problem)
+        headers = [(b"retry-after", options.retry_after.encode())] if options.retry_after else []
+        stats.end = "error_status"
+        await _json(send, status, wire.error_body(status, message), headers)
+        return
+    answer = plan(request, options)
+    if stats.stream:
+        await _stream(send, wire.frames(request, answer, options), options, stats)
     else:
-        await _complete(send, request, answer, options, stats)
+        if options.ttft:
+            await asyncio.sleep(options.ttft)
+        stats.chunks_sent = answer.output_tokens
+        await _json(send, 200, wire.body(request, answer, options))
+        stats.end = "completed"
 
 
-async def _stream(
-    send: Send,
-    request: dict[str, Any],
-    answer: Sequence[str],
-    options: SimOptions,
-    stats: RequestStats,
-    include_usage: bool,
-) -> None:
+def _writer(send: Send) -> Callable[[bytes], Awaitable[None]]:
+    async def write(payload: bytes) -> None:
+        await send({"type": "http.response.body", "body": payload, "more_body": True})
+        if peer_gone(send):
+            # uvicorn drops writes to a connection that is gone without a word: stop generating,
+            # as a real server does when its client leaves.
+            raise _PeerGone
+
+    return write
+
+
+async def _stream(send: Send, frames: Frames, options: SimOptions, stats: RequestStats) -> None:
+    """Send ``frames`` paced, stalled, dropped or cut by an error as ``options`` say."""
     if options.burst:
         cork(send, True)
     await send(
@@ -198,35 +237,14 @@ async def _stream(
         }
     )
     stats.headers_sent_at = time.monotonic()
-    completion_id = "chatcmpl-sim" + uuid.uuid4().hex[:20]
-    head = orjson.dumps(
-        {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": request["model"],
-        }
-    )[:-1]
-    prefix = b"data: " + head + b',"choices":[{"index":0,"delta":{"content":'
-    suffix = b'},"finish_reason":null}]}\n\n'
-
-    async def write(payload: bytes) -> None:
-        await send({"type": "http.response.body", "body": payload, "more_body": True})
-        if peer_gone(send):
-            # uvicorn drops writes to a connection that is gone without a word: stop generating,
-            # as a real server does when its client leaves.
-            raise _PeerGone
-
-    await write(
-        b"data: " + head + b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
-        b'"finish_reason":null}]}\n\n'
-    )
+    write = _writer(send)
+    await write(frames.opening)
     if options.ttft:
         await asyncio.sleep(options.ttft)
     interval = 1.0 / options.tps if options.tps > 0 else 0.0
     batch = bytearray()
     next_at = time.monotonic()
-    for index, piece in enumerate(answer):
+    for index, frame in enumerate(frames):
         if index == options.stall_after:
             await write(bytes(batch))
             batch.clear()
@@ -237,15 +255,11 @@ async def _stream(
             drop_connection(send, reset=options.drop == "reset")
             raise _Dropped
         if index == options.error_after:
-            batch += (
-                b'data: {"error":{"message":"simulated mid-stream failure",'
-                b'"type":"server_error","code":null}}\n\n'
-            )
-            await write(bytes(batch))
+            await write(bytes(batch + frames.error))
             stats.end = "error_event"
             await send({"type": "http.response.body", "body": b""})
             return
-        batch += prefix + orjson.dumps(piece) + suffix
+        batch += frame
         stats.chunks_sent += 1
         if stats.first_chunk_at is None:
             stats.first_chunk_at = time.monotonic()
@@ -259,37 +273,8 @@ async def _stream(
         elif len(batch) >= _BATCH_EVENTS * 100:
             await write(bytes(batch))
             batch.clear()
-    batch += b"data: " + head + b',"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
-    if include_usage:
-        counts = usage(request, len(answer))
-        batch += b"data: " + head + b',"choices":[],"usage":' + orjson.dumps(counts) + b"}\n\n"
-    batch += b"data: [DONE]\n\n"
-    await write(bytes(batch))
+    await write(bytes(batch + frames.tail()))
     await send({"type": "http.response.body", "body": b""})
     if options.burst:
         cork(send, False)
     stats.end = "client_closed" if peer_gone(send) else "completed"
-
-
-async def _complete(
-    send: Send, request: dict[str, Any], answer: Sequence[str], options: SimOptions, stats: RequestStats
-) -> None:
-    if options.ttft:
-        await asyncio.sleep(options.ttft)
-    stats.chunks_sent = len(answer)
-    body = {
-        "id": "chatcmpl-sim" + uuid.uuid4().hex[:20],
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": request["model"],
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "".join(answer)},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": usage(request, len(answer)),
-    }
-    await _json(send, 200, body)
-    stats.end = "completed"
