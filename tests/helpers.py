@@ -228,6 +228,12 @@ def model_table(sim_base_url: str) -> str:
         '[models."refused"]',
         f'base_url = "http://127.0.0.1:{closed_port()}/v1"',
         "",
+        # The same simulator spoken to in Anthropic's Messages API.
+        '[models."claude-echo"]',
+        'provider = "anthropic"',
+        f'base_url = "{sim_base_url.removesuffix("/v1")}"',
+        'upstream_model = "sim?echo=1"',
+        "",
     ]
     return "\n".join(lines)
 

@@ -44,6 +44,7 @@ from tokenrelay.observability.metrics import Metrics, NoMetrics
 from tokenrelay.observability.tracing import NoTracing, Tracing, otlp_tracer_provider, tracing_requested
 from tokenrelay.record import StreamRecord
 from tokenrelay.relay import DrainCoordinator, RelayRuntime
+from tokenrelay.routing import Routing
 from tokenrelay.sim.embedded import EmbeddedSim
 from tokenrelay.upstreams import Upstream, Upstreams
 from tokenrelay.web import web_routes
@@ -64,7 +65,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             url_overrides: dict[str, str] = {}
-            if any(m.base_url == BUILTIN_SIM_URL for m in settings.models.values()):
+            if BUILTIN_SIM_URL in _base_urls(settings):
                 sim = EmbeddedSim()
                 url_overrides[BUILTIN_SIM_URL] = await asyncio.to_thread(sim.start)
                 stack.callback(sim.stop)
@@ -110,8 +111,8 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
                 builtins=builtins,
             )
             stack.push_async_callback(upstreams.aclose)
-            for model in settings.models.values():
-                upstreams.client_for(model).start()
+            routing = Routing(settings, upstreams, events=metrics)
+            routing.start()
 
             drain = DrainCoordinator(settings.drain_seconds)
             stack.callback(drain.close)
@@ -131,6 +132,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
                 drain=drain,
                 metrics=metrics,
                 tracing=tracing,
+                routing=routing,
                 auth=auth,
                 limiter=limiter,
                 spending=spending,
@@ -179,6 +181,11 @@ class TokenRelayApp(FastAPI):
         if scope["type"] == "http":
             offer_connection_abort(scope, send)
         await super().__call__(scope, receive, send)
+
+
+def _base_urls(settings: Settings) -> set[str]:
+    """Every deployment's base URL."""
+    return {d.base_url for m in settings.models.values() for d in m.resolved_deployments()}
 
 
 def _public_url(settings: Settings) -> str:
@@ -233,10 +240,14 @@ async def _start_local_model(
     settings: Settings, stack: AsyncExitStack, counter: TokenCounter
 ) -> LocalUpstream | None:
     """Supervise the local model's child process if a model uses it; count with its tokenizer."""
-    local_models = [name for name, m in settings.models.items() if m.base_url == BUILTIN_LOCAL_URL]
+    local_models = [
+        name
+        for name, m in settings.models.items()
+        if any(d.base_url == BUILTIN_LOCAL_URL for d in m.resolved_deployments())
+    ]
     if not local_models:
         if settings.local_model.enabled is None and not any(
-            m.base_url.startswith("http") for m in settings.models.values()
+            url.startswith("http") for url in _base_urls(settings)
         ):
             reason = unavailable_reason(local_model_path(settings.local_model))
             log.info("no local model", extra={"reason": reason})

@@ -30,23 +30,82 @@ MODEL_TOKENIZER = "model"
 CONFIG_FILE_ENV = "TOKENRELAY_CONFIG_FILE"
 
 
-class ModelConfig(BaseModel):
-    """One public model name and the upstream that serves it."""
+Provider = Literal["openai", "anthropic"]
+
+
+class DeploymentConfig(BaseModel):
+    """One upstream that can serve a model: a provider's endpoint, key and model name.
+
+    Values left out are the model's (``upstream_model`` defaults to the public name; prices and
+    time-outs to the model's).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    base_url: str = Field(description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
+    name: str | None = Field(
+        default=None,
+        max_length=100,
+        description="label in metrics, logs, /readyz and the ledger; default: <provider>-<n>",
+    )
+    provider: Provider = "openai"
+    base_url: str = Field(description="the provider's base URL, e.g. https://api.openai.com/v1")
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable holding the upstream API key"
+    )
+    upstream_model: str | None = None
+    weight: float = Field(default=1.0, gt=0, description="share of traffic within its priority group")
+    priority: int = Field(default=0, description="lower is preferred; higher groups are fallbacks")
+    # Left out: the model's (see ModelConfig.resolved_deployments).
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    attempt_first_token_timeout_seconds: float = Field(default=20.0, gt=0)
+    input_price_per_million: float | None = Field(default=None, ge=0)
+    output_price_per_million: float | None = Field(default=None, ge=0)
+    # Anthropic requires max_tokens; a request that does not say gets this.
+    default_max_tokens: int = Field(default=4096, ge=1)
+    anthropic_version: str = "2023-06-01"
+
+    def api_key(self) -> str | None:
+        """The upstream key, read from the environment at call time (never stored in settings)."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def prices(self) -> tuple[float, float] | None:
+        """(input, output) USD per million tokens, if a price is configured."""
+        if self.input_price_per_million is None and self.output_price_per_million is None:
+            return None
+        return (self.input_price_per_million or 0.0, self.output_price_per_million or 0.0)
+
+
+class ModelConfig(BaseModel):
+    """One public model name and the upstream(s) that serve it.
+
+    Either the single-upstream form (``base_url`` and friends on the model) or a list of
+    ``deployments``; the first is a model with one implicit deployment.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = Field(
+        default=None, description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1"
+    )
+    provider: Provider = "openai"
     upstream_model: str | None = Field(
         default=None, description="Model name sent upstream; default: the public name"
     )
     api_key_env: str | None = Field(
         default=None, description="Environment variable holding the upstream API key"
     )
+    deployments: list[DeploymentConfig] = Field(default_factory=list)
     description: str = ""
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     first_token_timeout_seconds: float = Field(default=60.0, gt=0)
+    # One attempt's share of the first-token time-out (default: the overall one / max_attempts).
+    attempt_first_token_timeout_seconds: float | None = Field(default=None, gt=0)
     idle_timeout_seconds: float = Field(default=60.0, gt=0)
     total_timeout_seconds: float = Field(default=600.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    eject_after_failures: int = Field(default=3, ge=1)
+    cooldown_seconds: float = Field(default=30.0, gt=0)
+    default_max_tokens: int = Field(default=4096, ge=1)
     tokenizer_encoding: str = Field(
         default="cl100k_base", description="tiktoken encoding used to estimate usage"
     )
@@ -56,6 +115,51 @@ class ModelConfig(BaseModel):
     output_price_per_million: float | None = Field(
         default=None, ge=0, description="USD per million completion tokens"
     )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ModelConfig:
+        if (self.base_url is None) == (not self.deployments):
+            raise ValueError("a model needs either base_url or [[deployments]], not both")
+        names = [d.name for d in self.resolved_deployments()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"deployment names must be unique within a model: {names}")
+        return self
+
+    def resolved_deployments(self) -> list[DeploymentConfig]:
+        """The deployments with every value filled in (names, time-outs, prices)."""
+        listed = self.deployments or [
+            DeploymentConfig(
+                name="default",
+                provider=self.provider,
+                base_url=self.base_url or "",
+                api_key_env=self.api_key_env,
+                upstream_model=self.upstream_model,
+                default_max_tokens=self.default_max_tokens,
+            )
+        ]
+        resolved = []
+        for index, deployment in enumerate(listed):
+            updates: dict[str, Any] = {}
+            if deployment.name is None:
+                updates["name"] = f"{deployment.provider}-{index + 1}"
+            given = deployment.model_fields_set
+            if "connect_timeout_seconds" not in given:
+                updates["connect_timeout_seconds"] = self.connect_timeout_seconds
+            if "default_max_tokens" not in given:
+                updates["default_max_tokens"] = self.default_max_tokens
+            if "attempt_first_token_timeout_seconds" not in given:
+                updates["attempt_first_token_timeout_seconds"] = self.attempt_timeout_seconds()
+            if deployment.prices() is None and self.prices() is not None:
+                updates["input_price_per_million"] = self.input_price_per_million
+                updates["output_price_per_million"] = self.output_price_per_million
+            resolved.append(deployment.model_copy(update=updates) if updates else deployment)
+        return resolved
+
+    def attempt_timeout_seconds(self) -> float:
+        """How long one attempt may wait for its first output."""
+        if self.attempt_first_token_timeout_seconds is not None:
+            return min(self.attempt_first_token_timeout_seconds, self.first_token_timeout_seconds)
+        return self.first_token_timeout_seconds / self.max_attempts
 
     def prices(self) -> tuple[float, float] | None:
         """(input, output) USD per million tokens, if a price is configured."""

@@ -1,25 +1,30 @@
 """The one exception tree of tokenrelay.
 
-Each class knows its HTTP status (used while the response has not started) and its event
-code (used in an ``error`` event once streaming began)::
+Each class knows its HTTP status (used while the response has not started), its event code
+(used in an ``error`` event once streaming began) and, for ``/v1/messages``, the Anthropic
+error type, which follows from the status as Anthropic documents it (docs.anthropic.com/en/api/errors)::
 
-    TokenRelayError                      500  internal_error
-    ├── InvalidRequest                   400  invalid_request_error
-    │   ├── BodyTooLarge                 413  request_too_large
-    │   └── ModelNotFound                404  model_not_found
-    ├── AuthenticationFailed             401  invalid_api_key
-    ├── PermissionDenied                 403  permission_denied
-    │   └── ModelNotAllowed              403  model_not_allowed
-    ├── RateLimitExceeded                429  rate_limit_exceeded     (Retry-After)
-    │   └── BudgetExceeded               429  budget_exceeded
-    ├── ServiceUnavailable               503  shutting_down
-    │   └── StreamShutdown               503  shutdown                (drain period over)
-    └── UpstreamError                    502  upstream_error
-        ├── UpstreamRateLimited          429  upstream_rate_limited   (Retry-After passed on)
-        ├── UpstreamRejected             4xx  upstream_rejected       (the upstream's own 400/404/413/422)
-        ├── UpstreamUnavailable          502  upstream_unavailable    (connection refused, 5xx, 401/403)
-        ├── UpstreamProtocolError        502  upstream_protocol_error (unparsable stream, dropped mid-stream)
-        └── UpstreamTimeout              504  upstream_timeout
+    TokenRelayError                      500  internal_error           api_error
+    ├── InvalidRequest                   400  invalid_request_error    invalid_request_error
+    │   ├── BodyTooLarge                 413  request_too_large        request_too_large
+    │   └── ModelNotFound                404  model_not_found          not_found_error
+    ├── AuthenticationFailed             401  invalid_api_key          authentication_error
+    ├── PermissionDenied                 403  permission_denied        permission_error
+    │   └── ModelNotAllowed              403  model_not_allowed        permission_error
+    ├── RateLimitExceeded                429  rate_limit_exceeded      rate_limit_error (Retry-After)
+    │   └── BudgetExceeded               429  budget_exceeded          rate_limit_error
+    ├── ServiceUnavailable               503  shutting_down            overloaded_error
+    │   └── StreamShutdown               503  shutdown                 overloaded_error (drain over)
+    └── UpstreamError                    502  upstream_error           api_error
+        ├── UpstreamRateLimited          429  upstream_rate_limited    rate_limit_error (Retry-After)
+        ├── UpstreamRejected             4xx  upstream_rejected        by its status
+        ├── UpstreamUnavailable          502  upstream_unavailable     api_error
+        ├── UpstreamProtocolError        502  upstream_protocol_error  api_error
+        └── UpstreamTimeout              504  upstream_timeout         timeout_error
+
+``UpstreamRejected``: the upstream's own 400/404/413/422 (the request itself).
+``UpstreamUnavailable``: connection refused, 5xx, 401/403 (the gateway's credentials).
+``UpstreamProtocolError``: an unparsable stream, or one dropped mid-stream.
 """
 
 from __future__ import annotations
@@ -27,6 +32,27 @@ from __future__ import annotations
 from typing import ClassVar
 
 import orjson
+
+# Anthropic's error type for each status it documents; any other 4xx is an invalid request to
+# it, any other 5xx an api_error. 503 is "overloaded": retry, here or elsewhere (its SDKs do).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    """The ``error.type`` Anthropic uses for an HTTP status."""
+    return _ANTHROPIC_TYPES.get(status) or ("invalid_request_error" if status < 500 else "api_error")
 
 
 class TokenRelayError(Exception):
@@ -62,6 +88,16 @@ class TokenRelayError(Exception):
                 }
             }
         )
+
+    @property
+    def anthropic_type(self) -> str:
+        """The Anthropic ``error.type`` of this error (see the table above)."""
+        return anthropic_error_type(self.http_status)
+
+    def anthropic_body(self) -> bytes:
+        """The error as Anthropic shapes it: ``{"type": "error", "error": {"type", "message"}}``."""
+        error = {"type": self.anthropic_type, "message": self.message}
+        return orjson.dumps({"type": "error", "error": error})
 
 
 class InvalidRequest(TokenRelayError):
@@ -129,7 +165,7 @@ class UpstreamError(TokenRelayError):
     error_type = "upstream_error"
     code = "upstream_error"
     # The failure class in metrics: rate_limited, rejected, server_error, connection, timeout,
-    # mid_stream_drop, mid_stream_error, protocol, auth, other.
+    # mid_stream_drop, mid_stream_error, protocol, auth, overloaded (Anthropic's 529), other.
     failure: str = "other"
 
     def __init__(self, message: str, *, failure: str | None = None) -> None:

@@ -83,6 +83,13 @@ class StreamRecord:
     # The upstream failure class (metrics only, not stored): see errors.UpstreamError.failure.
     upstream_failure: str | None = None
     disconnect_phase: DisconnectPhase | None = None
+    # The deployment that served (or was last tried), and every attempt as (deployment, outcome):
+    # "ok" for the one that answered, else its failure class (see relay/failover.py).
+    deployment: str | None = None
+    attempt_log: list[tuple[str, str]] = field(default_factory=list)
+    # Prompt tokens read from / written to the provider's prompt cache (included in prompt_tokens).
+    cache_read_tokens: int | None = None
+    cache_creation_tokens: int | None = None
 
     @property
     def ttft_ms(self) -> float | None:
@@ -131,8 +138,23 @@ class StreamRecord:
         parts.append(block)
         self.folded_blocks = len(parts)
 
-    def set_upstream_usage(self, prompt_tokens: int, completion_tokens: int) -> None:
+    @property
+    def attempts(self) -> int:
+        """Upstream attempts made for this stream (more than one: a failover)."""
+        return len(self.attempt_log)
+
+    def set_upstream_usage(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cache_read_tokens: int | None = None,
+        cache_creation_tokens: int | None = None,
+    ) -> None:
         """Take the upstream's own token counts."""
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
+        if cache_read_tokens is not None:
+            self.cache_read_tokens = cache_read_tokens
+        if cache_creation_tokens is not None:
+            self.cache_creation_tokens = cache_creation_tokens
         self.usage_source = UsageSource.UPSTREAM

@@ -73,6 +73,15 @@ test("tokens appear as they arrive, then usage and time to first token", async (
   assert.match(meta ?? "", /\d+ prompt \+ 20 completion tokens · first token \d+ ms · \d+\.\d\d s/);
 });
 
+test("a model served by an Anthropic-protocol upstream streams on the page too", async () => {
+  await page.selectOption("#model", "claude-echo"); // the simulator, spoken to as Anthropic's API
+  await ask("Hello from the Messages API");
+  const answer = page.locator(".message.assistant").last();
+  await waitForState(answer, "done");
+  assert.equal(await answer.locator(".body").textContent(), "Hello from the Messages API");
+  assert.match((await answer.locator(".meta").textContent()) ?? "", /\d+ prompt \+ \d+ completion tokens/);
+});
+
 test("Stop ends the answer and the gateway closes the upstream connection", async () => {
   await page.selectOption("#model", "slow"); // 2000 tokens at 50 per second: 40 s if not stopped
   const response = page.waitForResponse((r) => r.url().endsWith("/chat"));

@@ -82,7 +82,7 @@ def test_migrate_command_creates_the_schema(tmp_path: Path) -> None:
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         version = connection.execute("SELECT version_num FROM alembic_version").fetchone()
     assert {"usage_record", "api_key", "alembic_version"} <= tables
-    assert version == ("0002",)
+    assert version == ("0003",)
 
 
 def test_migrate_upgrades_a_ledger_from_the_first_schema(tmp_path: Path) -> None:
@@ -97,9 +97,13 @@ def test_migrate_upgrades_a_ledger_from_the_first_schema(tmp_path: Path) -> None
         )
     migrate(db)
     with sqlite3.connect(db) as connection:
-        row = connection.execute("SELECT stream_id, prompt_tokens, cost_usd FROM usage_record").fetchone()
+        row = connection.execute(
+            "SELECT stream_id, prompt_tokens, cost_usd, deployment, attempts, cache_read_tokens"
+            " FROM usage_record"
+        ).fetchone()
         version = connection.execute("SELECT version_num FROM alembic_version").fetchone()
-    assert row == ("s1", 3, None) and version == ("0002",)
+    # A row from before routing: one upstream, tried once.
+    assert row == ("s1", 3, None, None, 1, None) and version == ("0003",)
 
 
 @pytest.mark.parametrize("args", [["serve", "--config", "/no/such/file.toml"], ["bogus"]])

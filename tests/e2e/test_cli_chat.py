@@ -31,6 +31,13 @@ def test_prints_the_answer_then_usage(gateway: Gateway) -> None:
     assert "first token" in done.stderr
 
 
+def test_an_anthropic_provider_model_answers_the_same(gateway: Gateway) -> None:
+    done = run_chat(gateway, "--model", "claude-echo", "what is 2 + 2?")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "what is 2 + 2?\n"
+    assert "completion tokens (upstream)" in done.stderr
+
+
 def test_prompt_from_stdin(gateway: Gateway) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "tokenrelay", "chat", "--url", gateway.url, "--model", "echo", "--no-usage"],

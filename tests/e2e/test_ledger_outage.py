@@ -227,6 +227,8 @@ async def test_rows_spooled_during_an_outage_arrive_after_it_with_no_more_traffi
     await wait_for(lambda: gw.readyz()["status"] == "ready")
 
 
+# A row as the spool held it before routing (no deployment, attempts or cache columns): it must
+# still replay, as one upstream tried once.
 SPOOLED_ROW = {
     "api_key_id": None,
     "model": "fast",
@@ -273,5 +275,7 @@ async def test_a_segment_locked_at_start_up_is_replayed_once_its_lock_is_release
         assert await gw.ledger_rows(rids[0], timeout=1) == []
     # The lock is released (the old replica exited without writing them).
     await assert_one_row_each(gw, rids)
+    (row,) = await gw.ledger_rows(rids[0], settle=0)
+    assert (row["deployment"], row["attempts"], row["cache_read_tokens"]) == (None, 1, None)
     await wait_for(lambda: not segment.exists())
     await wait_for(lambda: gw.readyz()["status"] == "ready")

@@ -34,7 +34,8 @@ from tokenrelay.observability.tracing import NoTracing
 from tokenrelay.protocols import ChatEvents
 from tokenrelay.record import StreamRecord
 from tokenrelay.relay import DrainCoordinator, RelayedStream, RelayRuntime
-from tokenrelay.upstreams import OpenAIUpstream
+from tokenrelay.routing import ModelRouter, Routing
+from tokenrelay.upstreams import Upstreams
 
 
 class FakeClient:
@@ -69,7 +70,7 @@ class Gateway:
     """The parts of a running gateway a stream needs, built as the app builds them."""
 
     runtime: RelayRuntime
-    upstream: OpenAIUpstream
+    router: ModelRouter
     model: ModelConfig
     database_url: str
 
@@ -91,7 +92,7 @@ class Gateway:
             key=key,
             model=self.model,
             body={"messages": record.messages},
-            upstream=self.upstream,
+            router=self.router,
             encoder=ChatEvents(),
         )
 
@@ -127,19 +128,22 @@ async def gateway_parts(sim: Sim, tmp_path: Path) -> AsyncIterator[Any]:
         await counter.load([])
         writer = LedgerWriter(store=store, counter=counter, batch_max_rows=50, batch_max_seconds=0.01)
         await writer.start()
-        upstream = OpenAIUpstream(base_url=sim.base_url, api_key=None, max_connections=10)
+        upstreams = Upstreams(max_connections=10)
         model = ModelConfig(base_url=sim.base_url, upstream_model="sim?tokens=5")
+        settings = Settings(models={"fast": model}, keepalive_seconds=5)
+        routing = Routing(settings, upstreams)
         runtime = RelayRuntime(
-            settings=Settings(models={"fast": model}, keepalive_seconds=5),
+            settings=settings,
             ledger=writer,
             counter=counter,
             drain=DrainCoordinator(5),
             metrics=metrics or NoMetrics(),
             tracing=tracing or NoTracing(),
+            routing=routing,
             limiter=limiter,
         )
-        closers.extend([writer.close, store.close, engine.dispose, upstream.aclose])
-        return Gateway(runtime, upstream, model, database_url)
+        closers.extend([writer.close, store.close, engine.dispose, upstreams.aclose])
+        return Gateway(runtime, routing.router("fast"), model, database_url)
 
     yield build
     for close in closers:

@@ -122,10 +122,24 @@ def test_models_health_and_ready(gateway: Gateway) -> None:
     assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{gateway.url}/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {
+    body = ready.json()
+    deployments = body.pop("deployments")
+    assert body == {
         "status": "ready",
         "draining": False,
         "ledger": {"state": "ok", "spooled_rows": 0, "spool_error": None},
+    }
+    # Every model's deployments, as this process sees them.
+    assert deployments["fast"] == {
+        "default": {
+            "provider": "openai",
+            "state": "healthy",
+            "in_flight": 0,
+            "consecutive_failures": 0,
+            "ewma_ttft_ms": deployments["fast"]["default"]["ewma_ttft_ms"],
+            "cooldown_left_s": None,
+            "ejections": 0,
+        }
     }
 
 

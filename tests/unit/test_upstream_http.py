@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from tests.helpers import wait_until
-from tokenrelay.config import ModelConfig
+from tokenrelay.config import DeploymentConfig
 from tokenrelay.errors import UpstreamProtocolError, UpstreamUnavailable
 from tokenrelay.upstreams import OpenAIStream, OpenAIUpstream
 
@@ -80,7 +80,10 @@ async def answered(response: bytes, ending: str) -> AsyncIterator[tuple[OpenAISt
         upstream = OpenAIUpstream(base_url=f"http://127.0.0.1:{port}/v1", api_key=None, max_connections=4)
         try:
             stream = await upstream.open_stream(
-                body={"messages": []}, upstream_model="m", config=ModelConfig(base_url="x"), request_id="r"
+                body={"messages": []},
+                upstream_model="m",
+                config=DeploymentConfig(base_url="x"),
+                request_id="r",
             )
             try:
                 yield stream, closed
@@ -172,7 +175,7 @@ async def test_the_proxy_from_the_environment_is_used_and_no_proxy_honoured(
     upstream = OpenAIUpstream(base_url="http://upstream.invalid/v1", api_key=None, max_connections=4)
     try:
         stream = await upstream.open_stream(
-            body={"messages": []}, upstream_model="m", config=ModelConfig(base_url="x"), request_id="r"
+            body={"messages": []}, upstream_model="m", config=DeploymentConfig(base_url="x"), request_id="r"
         )
         events, error = await read_all(stream)
         await stream.aclose()
@@ -188,7 +191,10 @@ async def test_the_proxy_from_the_environment_is_used_and_no_proxy_honoured(
     try:
         with pytest.raises(UpstreamUnavailable):  # straight to a host that does not exist
             await bypassed.open_stream(
-                body={"messages": []}, upstream_model="m", config=ModelConfig(base_url="x"), request_id="r"
+                body={"messages": []},
+                upstream_model="m",
+                config=DeploymentConfig(base_url="x"),
+                request_id="r",
             )
     finally:
         await bypassed.aclose()

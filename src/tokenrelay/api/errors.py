@@ -1,24 +1,35 @@
-"""Every error response is OpenAI-shaped JSON: ``{"error": {"message", "type", "param", "code"}}``."""
+"""Error responses: OpenAI-shaped JSON (``{"error": {"message", "type", "param", "code"}}``),
+except under ``/v1/messages``, whose clients are Anthropic's SDKs and get Anthropic's shape
+(``{"type": "error", "error": {"type", "message"}}``)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from tokenrelay.errors import InvalidRequest, TokenRelayError
+from tokenrelay.errors import InvalidRequest, TokenRelayError, anthropic_error_type
 
 log = logging.getLogger(__name__)
 
+# Requests under this path speak Anthropic's protocol, errors included.
+ANTHROPIC_PATH = "/v1/messages"
 
-def error_response(error: TokenRelayError) -> Response:
+
+def is_anthropic_path(path: str) -> bool:
+    """Whether errors for ``path`` take Anthropic's shape."""
+    return path.startswith(ANTHROPIC_PATH)
+
+
+def error_response(error: TokenRelayError, *, anthropic: bool = False) -> Response:
     """The HTTP response for an error raised before a stream started."""
     return Response(
-        error.openai_body(),
+        error.anthropic_body() if anthropic else error.openai_body(),
         status_code=error.http_status,
         headers=error.headers(),
         media_type="application/json",
@@ -48,32 +59,38 @@ def describe_validation_errors(errors: list[Any]) -> tuple[str, str | None]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map validation errors, our exception tree and stray HTTP errors to OpenAI-shaped bodies."""
+    """Map validation errors, our exception tree and stray HTTP errors to error bodies, shaped
+    by the request's path (see the module docstring)."""
 
-    async def on_validation_error(_request: Request, exc: Exception) -> Response:
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         message, param = describe_validation_errors(list(exc.errors()))
-        return error_response(InvalidRequest(message, param=param))
+        return error_response(InvalidRequest(message, param=param), anthropic=_anthropic(request))
 
-    async def on_tokenrelay_error(_request: Request, exc: Exception) -> Response:
+    async def on_tokenrelay_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, TokenRelayError)
-        return error_response(exc)
+        return error_response(exc, anthropic=_anthropic(request))
 
-    async def on_http_error(_request: Request, exc: Exception) -> Response:
+    async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         error = InvalidRequest(str(exc.detail))
-        return Response(
-            error.openai_body(),
-            status_code=exc.status_code,
-            headers=exc.headers,
-            media_type="application/json",
-        )
+        if _anthropic(request):
+            # The type follows the real status (404 not_found_error, ...), not InvalidRequest's.
+            kind = anthropic_error_type(exc.status_code)
+            body = orjson.dumps({"type": "error", "error": {"type": kind, "message": error.message}})
+        else:
+            body = error.openai_body()
+        return Response(body, status_code=exc.status_code, headers=exc.headers, media_type="application/json")
 
     async def on_unexpected(request: Request, _exc: Exception) -> Response:
         log.exception("unhandled error", extra={"request_id": request.state.request_id})
-        return error_response(TokenRelayError("internal server error"))
+        return error_response(TokenRelayError("internal server error"), anthropic=_anthropic(request))
 
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(TokenRelayError, on_tokenrelay_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+def _anthropic(request: Request) -> bool:
+    return is_anthropic_path(request.scope["path"])

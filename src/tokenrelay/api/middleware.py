@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tokenrelay.api.errors import is_anthropic_path
 from tokenrelay.errors import BodyTooLarge
 from tokenrelay.relay.stream import ABORT_CONNECTION
 
@@ -86,7 +87,7 @@ class BodyLimitMiddleware:
             # The server holds the body to its declared length, so the header is all we check
             # and the stream's hot path is not wrapped.
             if declared.isdigit() and int(declared) > limit:
-                await _send_too_large(send, limit)
+                await _send_too_large(scope, send, limit)
             else:
                 await self.app(scope, receive, send)
             return
@@ -99,7 +100,7 @@ class BodyLimitMiddleware:
                 return  # the client left before sending its body
             size += len(message.get("body", b""))
             if size > limit:
-                await _send_too_large(send, limit)
+                await _send_too_large(scope, send, limit)
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
@@ -116,9 +117,10 @@ class BodyLimitMiddleware:
         await self.app(scope, replay_receive, send)
 
 
-async def _send_too_large(send: Send, limit: int) -> None:
+async def _send_too_large(scope: Scope, send: Send, limit: int) -> None:
     error = BodyTooLarge(f"request body exceeds {limit} bytes (max_body_bytes)")
+    body = error.anthropic_body() if is_anthropic_path(scope["path"]) else error.openai_body()
     await send(
         {"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]}
     )
-    await send({"type": "http.response.body", "body": error.openai_body()})
+    await send({"type": "http.response.body", "body": body})

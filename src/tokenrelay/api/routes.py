@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tokenrelay.api.anthropic import messages_endpoint
 from tokenrelay.api.errors import describe_validation_errors
 from tokenrelay.api.schemas import ChatCompletionRequest, ChatRequest
 from tokenrelay.auth.keys import Caller
@@ -43,11 +44,19 @@ Body = TypeVar("Body", bound=BaseModel)
 
 
 async def caller_of(request: Request) -> Caller | None:
-    """Who is calling (401 if auth is on and the key is missing or wrong); None with auth off."""
+    """Who is calling (401 if auth is on and the key is missing or wrong); None with auth off.
+
+    The key comes as ``Authorization: Bearer <key>`` or, as Anthropic's SDKs send it,
+    ``x-api-key: <key>``; a bearer header wins when both are there.
+    """
     runtime: RelayRuntime = request.app.state.runtime
     if runtime.auth is None:
         return None
-    return await runtime.auth.authenticate(request.headers.get("authorization"))
+    authorization = request.headers.get("authorization")
+    api_key = request.headers.get("x-api-key")
+    if api_key is not None and not (authorization or "").lower().startswith("bearer "):
+        authorization = f"Bearer {api_key}"
+    return await runtime.auth.authenticate(authorization)
 
 
 async def _parse(request: Request, schema: type[Body]) -> Body:
@@ -76,6 +85,7 @@ def _stream(
     if resolved is None:
         raise ModelNotFound(f"the model {model_name!r} does not exist", param="model")
     public_name, model = resolved
+    router = runtime.routing.router(public_name)
     key = caller.key if caller is not None else None
     if key is not None and not key.allows(public_name):
         raise ModelNotAllowed(f"this API key may not use the model {public_name!r}", param="model")
@@ -83,7 +93,8 @@ def _stream(
         stream_id=uuid.uuid4().hex,
         request_id=request.state.request_id,
         model=public_name,
-        upstream_model=model.upstream_model or public_name,
+        # The serving deployment's, once one is chosen (relay/failover.py).
+        upstream_model=router.deployments[0].config.upstream_model or public_name,
         messages=body["messages"],
         tokenizer_encoding=model.tokenizer_encoding,
         started_at=datetime.now(UTC),
@@ -97,7 +108,7 @@ def _stream(
         key=key,
         model=model,
         body=body,
-        upstream=request.app.state.upstreams.client_for(model),
+        router=router,
         encoder=encoder,
     )
 
@@ -128,6 +139,7 @@ async def chat_completions(request: Request) -> Response:
 stream_routes = [
     Route("/chat", chat, methods=["POST"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/messages", messages_endpoint(admit=_admitted_caller, stream=_stream), methods=["POST"]),
 ]
 
 
@@ -200,6 +212,8 @@ async def readyz(request: Request) -> Response:
         body["rate_limits"] = runtime.limiter.health()
     if runtime.spending is not None:
         body["budgets"] = spending_health(runtime.spending)
+    # Informational: each deployment as this process sees it (healthy, ejected, probing).
+    body["deployments"] = runtime.routing.snapshot()
     local: LocalUpstream | None = request.app.state.local_model
     if local is not None:
         # Informational: the gateway serves its other models whatever state this one is in.

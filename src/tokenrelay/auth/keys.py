@@ -194,7 +194,9 @@ class Authenticator:
         scheme, _, candidate = (authorization or "").partition(" ")
         candidate = candidate.strip()
         if scheme.lower() != "bearer" or not candidate:
-            raise AuthenticationFailed("an API key is required: send `Authorization: Bearer <key>`")
+            raise AuthenticationFailed(
+                "an API key is required: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)"
+            )
         candidate_digest = digest(candidate)
         if self._admin_digest is not None and hmac.compare_digest(candidate_digest, self._admin_digest):
             return ADMIN

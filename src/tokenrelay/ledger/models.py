@@ -40,6 +40,11 @@ class UsageRecord(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     cost_usd: Mapped[float | None] = mapped_column(Float)
+    # The deployment that served (or was tried last), and how many were tried (0003).
+    deployment: Mapped[str | None] = mapped_column(String(100))
+    attempts: Mapped[int] = mapped_column(Integer, server_default="1")
+    cache_read_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_creation_tokens: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApiKeyRow(Base):

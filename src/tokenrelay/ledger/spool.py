@@ -41,9 +41,18 @@ def encode_row(row: dict[str, Any]) -> bytes:
     return orjson.dumps(row) + b"\n"
 
 
+# Columns added since the first spool format, with what a row spooled before them means.
+_ADDED_COLUMNS: dict[str, Any] = {
+    "deployment": None,
+    "attempts": 1,
+    "cache_read_tokens": None,
+    "cache_creation_tokens": None,
+}
+
+
 def decode_row(line: bytes) -> dict[str, Any]:
-    """The row of one JSON line."""
-    row: dict[str, Any] = orjson.loads(line)
+    """The row of one JSON line (a row spooled by an older version gets the newer columns)."""
+    row: dict[str, Any] = {**_ADDED_COLUMNS, **orjson.loads(line)}
     for name in _DATETIME_FIELDS:
         if isinstance(row.get(name), str):
             row[name] = datetime.fromisoformat(row[name])

@@ -51,6 +51,10 @@ def to_row(record: StreamRecord) -> dict[str, Any]:
         "started_at": record.started_at,
         "finished_at": record.finished_at,
         "cost_usd": record.cost_usd,
+        "deployment": record.deployment,
+        "attempts": record.attempts,
+        "cache_read_tokens": record.cache_read_tokens,
+        "cache_creation_tokens": record.cache_creation_tokens,
     }
 
 

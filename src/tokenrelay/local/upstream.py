@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tokenrelay.config import ModelConfig
+from tokenrelay.config import DeploymentConfig
 from tokenrelay.local.supervisor import LocalModelServer
 from tokenrelay.upstreams.openai import OpenAIStream, OpenAIUpstream
 
@@ -68,7 +68,7 @@ class LocalUpstream:
         self._client.start()
 
     async def open_stream(
-        self, *, body: dict[str, Any], upstream_model: str, config: ModelConfig, request_id: str
+        self, *, body: dict[str, Any], upstream_model: str, config: DeploymentConfig, request_id: str
     ) -> OpenAIStream:
         """Queue for the model, then open the stream; its slot is freed when it is closed."""
         # Cancelled here (the client left while queued), the request never reaches the model.

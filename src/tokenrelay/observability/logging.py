@@ -97,6 +97,9 @@ def log_stream_end(record: StreamRecord) -> None:
             "request_id": record.request_id,
             "model": record.model,
             "upstream_model": record.upstream_model,
+            "deployment": record.deployment,
+            # Every attempt as deployment:outcome ("ok", or its failure class): failovers show here.
+            "attempts": [f"{name}:{outcome}" for name, outcome in record.attempt_log],
             "status": str(record.status),
             "ttft_ms": None if record.ttft_ms is None else round(record.ttft_ms, 2),
             "duration_ms": None if record.duration_ms is None else round(record.duration_ms, 2),

@@ -1,8 +1,9 @@
 """Prometheus metrics (prometheus-client), correct with ``--workers N``.
 
 Everything is recorded once per stream (at its start and its end), per keep-alive ping, and
-per ledger event: nothing per chunk. Labels are bounded: the model (from the configuration),
-the end status, the phase, the failure class, the usage source. Never a request id or a key.
+per ledger event: nothing per chunk. Labels are bounded: the model and the deployment (from
+the configuration), the end status, the phase, the failure class, the usage source. Never a
+request id or a key.
 
 With several workers ``tokenrelay serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers
 start; prometheus-client then keeps values in memory-mapped files there and ``/metrics`` sums
@@ -22,6 +23,7 @@ from tokenrelay.record import StreamRecord, StreamStatus
 __all__ = ["CONTENT_TYPE", "Metrics", "NoMetrics"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_DEPLOYMENT_STATES = ("healthy", "ejected", "probing")
 # LLM latencies: a fast first token is 50 ms, a long answer two minutes.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 # Client gone to upstream closed: milliseconds when it works, seconds when it does not.
@@ -76,7 +78,8 @@ class Metrics:
         self.upstream_errors = Counter(
             "tokenrelay_upstream_errors",
             "Upstream failures by class: rate_limited (429), server_error (5xx), timeout, connection, "
-            "mid_stream_drop, protocol, rejected (the upstream's 4xx), other",
+            "mid_stream_drop, mid_stream_error, protocol, rejected (the upstream's 4xx), auth, "
+            "overloaded (529), other",
             ["model", "class"],
             registry=r,
         )
@@ -98,6 +101,33 @@ class Metrics:
             "client_write_timeout_seconds)",
             ["model"],
             registry=r,
+        )
+        self.attempts = Counter(
+            "tokenrelay_upstream_attempts",
+            "Upstream attempts by deployment and outcome: ok (it served), a failure class, or "
+            "interrupted / client_disconnected / shutdown (the stream ended during the attempt)",
+            ["model", "deployment", "outcome"],
+            registry=r,
+        )
+        self.failovers = Counter(
+            "tokenrelay_failovers",
+            "Attempts that failed before the first token and were followed by another deployment",
+            ["model", "deployment"],
+            registry=r,
+        )
+        self.deployment_up = Gauge(
+            "tokenrelay_deployment_state",
+            "1 for the state a deployment is in (healthy, ejected, probing), per worker's view",
+            ["model", "deployment", "state"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.deployment_in_flight_gauge = Gauge(
+            "tokenrelay_deployment_in_flight",
+            "Attempts open on a deployment now",
+            ["model", "deployment"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.keepalive_pings = Counter("tokenrelay_keepalive_pings", "Keep-alive pings sent", registry=r)
         self.ledger_spooled_rows = Gauge(
@@ -164,6 +194,22 @@ class Metrics:
         failure = upstream_failure(record)
         if failure is not None:
             child(self.upstream_errors, model, failure).inc()
+        log = record.attempt_log
+        for index, (deployment, outcome) in enumerate(log):
+            child(self.attempts, model, deployment, outcome).inc()
+            if index < len(log) - 1:
+                child(self.failovers, model, deployment).inc()
+
+    # -- deployments (routing.RoutingEvents) ------------------------------------------------------
+
+    def deployment_state(self, model: str, deployment: str, state: str) -> None:
+        """A deployment changed state: its gauge says 1 for the new state, 0 for the others."""
+        for each in _DEPLOYMENT_STATES:
+            self._child(self.deployment_up, model, deployment, each).set(1 if each == state else 0)
+
+    def deployment_in_flight(self, model: str, deployment: str, delta: int) -> None:
+        """An attempt on ``deployment`` began (+1) or ended (-1)."""
+        self._child(self.deployment_in_flight_gauge, model, deployment).inc(delta)
 
     # -- the ledger (ledger.store.LedgerEvents) -------------------------------------------------
 
@@ -210,6 +256,12 @@ class NoMetrics:
         pass
 
     def stream_finished(self, record: StreamRecord) -> None:
+        pass
+
+    def deployment_state(self, model: str, deployment: str, state: str) -> None:
+        pass
+
+    def deployment_in_flight(self, model: str, deployment: str, delta: int) -> None:
         pass
 
     def spooled_rows(self, rows: int) -> None:

@@ -39,6 +39,8 @@ class OpenAIChunks:
         native = chunk.native
         if native is None:
             native = self._build(chunk)
+            if native is None:
+                return  # nothing OpenAI's protocol can say (e.g. an Anthropic thinking signature)
         if "usage" in native:
             if not self._include_usage:
                 # We always ask the upstream for usage; a client that did not ask must not see it.
@@ -53,8 +55,8 @@ class OpenAIChunks:
         out += orjson.dumps(native)
         out += b"\n\n"
 
-    def _build(self, chunk: Chunk) -> dict[str, Any]:
-        """An OpenAI chunk for an event from another provider."""
+    def _build(self, chunk: Chunk) -> dict[str, Any] | None:
+        """An OpenAI chunk for an event from another provider (None: nothing to say)."""
         if self._id is None:
             self._id, self._created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         delta: dict[str, Any] = {}
@@ -73,6 +75,8 @@ class OpenAIChunks:
         }
         if delta or chunk.finish_reason:
             built["choices"] = [{"index": 0, "delta": delta, "finish_reason": chunk.finish_reason}]
+        elif chunk.usage is None:
+            return None
         if chunk.usage is not None:
             prompt, completion = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
             built["usage"] = {

@@ -19,7 +19,7 @@ from tokenrelay.record import StreamRecord
 from tokenrelay.relay.admission import Admission
 from tokenrelay.relay.runtime import RelayRuntime
 from tokenrelay.relay.stream import StreamRelay
-from tokenrelay.upstreams import Upstream
+from tokenrelay.routing import ModelRouter
 
 
 class RelayedStream(Response):
@@ -33,7 +33,7 @@ class RelayedStream(Response):
         key: ApiKey | None,
         model: ModelConfig,
         body: dict[str, Any],
-        upstream: Upstream,
+        router: ModelRouter,
         encoder: Encoder,
     ) -> None:
         self.background = None
@@ -42,7 +42,7 @@ class RelayedStream(Response):
         self._key = key
         self._model = model
         self._body = body
-        self._upstream = upstream
+        self._router = router
         self._encoder = encoder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -60,7 +60,7 @@ class RelayedStream(Response):
             record=self._record,
             model=self._model,
             body=self._body,
-            upstream=self._upstream,
+            router=self._router,
             encoder=self._encoder,
             completion_allowance=completion_allowance,
         )

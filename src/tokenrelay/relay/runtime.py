@@ -17,6 +17,7 @@ from tokenrelay.limits.budgets import Spending
 from tokenrelay.observability.metrics import Metrics, NoMetrics
 from tokenrelay.observability.tracing import NoTracing, Tracing
 from tokenrelay.record import StreamStatus
+from tokenrelay.routing import Routing
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class RelayRuntime:
     drain: DrainCoordinator
     metrics: Metrics | NoMetrics
     tracing: Tracing | NoTracing
+    routing: Routing
     auth: Authenticator | None = None
     limiter: RateLimiter | None = None
     spending: Spending | None = None

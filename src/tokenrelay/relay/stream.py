@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -39,13 +39,16 @@ from tokenrelay.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from tokenrelay.events import Chunk
 from tokenrelay.observability.tracing import NO_SPAN, NoSpan, StreamSpan
 from tokenrelay.protocols import Encoder
 from tokenrelay.record import FOLD_EVERY, DisconnectPhase, StreamRecord, StreamStatus
+from tokenrelay.relay.failover import Failover
 from tokenrelay.relay.runtime import RelayRuntime
 from tokenrelay.relay.sender import Sender
 from tokenrelay.relay.watchdog import Watchdog
-from tokenrelay.upstreams import Upstream, UpstreamStream
+from tokenrelay.routing import ModelRouter
+from tokenrelay.upstreams import UpstreamStream
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +80,14 @@ class StreamRelay:
         record: StreamRecord,
         model: ModelConfig,
         body: dict[str, Any],
-        upstream: Upstream,
+        router: ModelRouter,
         encoder: Encoder,
         completion_allowance: int | None = None,
     ) -> None:
         self.record = record
         self._runtime = runtime
         self._model = model
-        self._body = body
-        self._upstream = upstream
+        self._failover = Failover(router=router, record=record, body=body)
         self._encoder = encoder
         # Completion tokens this stream may still produce before its key's budget runs out.
         self._completion_allowance = completion_allowance
@@ -123,7 +125,6 @@ class StreamRelay:
         )
         self._scope = scope
         watcher: asyncio.Task[None] | None = None
-        upstream: UpstreamStream | None = None
         try:
             runtime.drain.register(self)
             runtime.metrics.stream_started(record.model)
@@ -133,8 +134,8 @@ class StreamRelay:
             watchdog.start()
             # The upstream call's span (if tracing) is a child of this stream's.
             opening = self._open() if runtime.tracing.enabled else self._open_untraced()
-            upstream = await self._race(opening)
-            await self._race(self._forward(upstream, sender, watchdog))
+            upstream, primed = await self._race(opening)
+            await self._race(self._forward(upstream, primed, sender, watchdog))
             await self._end_completed(sender)
         except StreamStopped as stop:
             await self._end_stopped(stop, sender)
@@ -142,6 +143,7 @@ class StreamRelay:
             # Some servers raise on send() to a closed connection instead of reporting a disconnect.
             await self._end_stopped(StreamStopped(StreamStatus.CLIENT_DISCONNECTED, None), sender)
         except UpstreamError as error:
+            self._failover.served_failed()
             log.warning(
                 "upstream failed",
                 extra={
@@ -161,25 +163,26 @@ class StreamRelay:
             )
         finally:
             self._account()
-            await self._release(upstream, watcher, sender)
+            await self._release(watcher, sender)
 
-    async def _open(self) -> UpstreamStream:
+    async def _open(self) -> tuple[UpstreamStream, Iterable[Chunk]]:
         token = self._span.current()
         try:
             return await self._open_untraced()
         finally:
             self._span.restore(token)
 
-    def _open_untraced(self) -> Awaitable[UpstreamStream]:
-        return self._upstream.open_stream(
-            body=self._body,
-            upstream_model=self.record.upstream_model,
-            config=self._model,
-            request_id=self.record.request_id,
-        )
+    def _open_untraced(self) -> Awaitable[tuple[UpstreamStream, Iterable[Chunk]]]:
+        # Attempts on the model's deployments until one gives its first output (failover.py).
+        return self._failover.open()
 
-    async def _forward(self, upstream: UpstreamStream, sender: Sender, watchdog: Watchdog) -> None:
-        """Upstream events -> counted in the record -> encoded once -> one write per read."""
+    async def _forward(
+        self, upstream: UpstreamStream, primed: Iterable[Chunk], sender: Sender, watchdog: Watchdog
+    ) -> None:
+        """Upstream events -> counted in the record -> encoded once -> one write per read.
+
+        ``primed``: the serving attempt's events up to its first output, and the rest of that read.
+        """
         record = self.record
         encode = self._encoder.encode
         parts = record.completion_parts
@@ -188,8 +191,8 @@ class StreamRelay:
         read = upstream.read
         budget = self._completion_allowance
         yielded_at = clock()
+        events = primed
         while True:
-            events = await read()
             now = clock()
             chunks = 0
             try:
@@ -207,7 +210,12 @@ class StreamRelay:
                         record.finish_reason = finish_reason
                     usage = event.usage
                     if usage is not None:
-                        record.set_upstream_usage(usage.prompt_tokens, usage.completion_tokens)
+                        record.set_upstream_usage(
+                            usage.prompt_tokens,
+                            usage.completion_tokens,
+                            usage.cache_read_tokens,
+                            usage.cache_creation_tokens,
+                        )
                     encode(event, out)
             except UpstreamError:
                 # An error the upstream sent in its stream: what came before it still goes out.
@@ -234,6 +242,7 @@ class StreamRelay:
                 # fast upstream would hold the loop, starving other streams and our own watchers.
                 await asyncio.sleep(0)
                 yielded_at = clock()
+            events = await read()
 
     def _first_token(self, now: float) -> None:
         self.record.first_token_mono = now
@@ -253,10 +262,12 @@ class StreamRelay:
         if record.usage_source is None:
             # Providers that ignore include_usage: count with our tokenizer, off the event loop.
             await asyncio.to_thread(self._runtime.counter.estimate, record)
+        self._failover.completed()
         await sender.finish(self._encoder.encode_end(record))
 
     async def _end_stopped(self, stop: StreamStopped, sender: Sender) -> None:
         record = self.record
+        self._failover.interrupted(stop.status)
         if stop.status is StreamStatus.CLIENT_DISCONNECTED:
             record.status = stop.status
             record.disconnect_phase = (
@@ -318,23 +329,19 @@ class StreamRelay:
         self._span.end(record)
         self._runtime.ledger.submit(record)
 
-    async def _release(
-        self, upstream: UpstreamStream | None, watcher: asyncio.Task[None] | None, sender: Sender
-    ) -> None:
+    async def _release(self, watcher: asyncio.Task[None] | None, sender: Sender) -> None:
         """Close the upstream (which stops generation) and stop watching the client."""
         try:
             if watcher is not None:
                 watcher.cancel()
+            try:
+                # First: the serving stream (whether or not its opening reached us) and its slot.
+                await self._failover.aclose()
+            except Exception:
+                log.debug(
+                    "closing the upstream failed", exc_info=True, extra={"request_id": self.record.request_id}
+                )
             await sender.aclose()
-            if upstream is not None:
-                try:
-                    await upstream.aclose()
-                except Exception:
-                    log.debug(
-                        "closing the upstream failed",
-                        exc_info=True,
-                        extra={"request_id": self.record.request_id},
-                    )
             if watcher is not None:
                 try:
                     await watcher  # cancelled above: it ends at once

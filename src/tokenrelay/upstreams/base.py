@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from tokenrelay.config import ModelConfig
+from tokenrelay.config import DeploymentConfig
 from tokenrelay.errors import (
     UpstreamError,
     UpstreamRateLimited,
@@ -58,7 +58,7 @@ class Upstream(Protocol):
     def start(self) -> None: ...
 
     async def open_stream(
-        self, *, body: dict[str, Any], upstream_model: str, config: ModelConfig, request_id: str
+        self, *, body: dict[str, Any], upstream_model: str, config: DeploymentConfig, request_id: str
     ) -> UpstreamStream: ...
 
     async def aclose(self) -> None: ...
@@ -77,6 +77,9 @@ def status_error(status: int, message: str, retry_after: str | None) -> Upstream
         )
     if status in (408, 504):
         return UpstreamTimeout(f"upstream timed out (HTTP {status})")
+    if status == 529:
+        # Anthropic's "overloaded": a 503 by another number, counted apart in the metrics.
+        return UpstreamUnavailable(f"upstream overloaded (HTTP 529): {message}", failure="overloaded")
     return UpstreamUnavailable(f"upstream failed with HTTP {status}: {message}")
 
 

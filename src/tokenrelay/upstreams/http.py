@@ -15,13 +15,15 @@ retry with their own backoff, and retrying here too would multiply upstream call
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import aiohttp
 import yarl
 from aiohttp.helpers import get_env_proxy_for_url
 
 from tokenrelay.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from tokenrelay.events import Chunk
+from tokenrelay.sse import SSEDecoder
 from tokenrelay.upstreams.base import error_message, status_error
 
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -85,6 +87,43 @@ class HttpClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class HttpUpstream:
+    """What every HTTP upstream shares: its endpoint, its headers (with its key), its pool.
+
+    Subclasses add the wire format: how the request is written, how the stream is read.
+    """
+
+    def __init__(self, *, url: str, auth_headers: dict[str, str], max_connections: int) -> None:
+        self._url = url
+        self._headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+            # Compressed SSE would have to be decompressed before it could be parsed.
+            "Accept-Encoding": "identity",
+            **auth_headers,
+        }
+        self._http = HttpClient(max_connections=max_connections)
+
+    def start(self) -> None:
+        """Create the connection pool (inside the running event loop)."""
+        self._http.start()
+
+    async def _post(
+        self, payload: bytes, *, request_id: str, connect_timeout_seconds: float, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """POST the request to the endpoint; the response once its headers are in."""
+        return await self._http.post(
+            self._url,
+            payload=payload,
+            headers={**self._headers, **headers, "X-Request-ID": request_id},
+            connect_timeout_seconds=connect_timeout_seconds,
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
 
 
 class HttpBody:
@@ -172,3 +211,46 @@ async def _status_error(response: aiohttp.ClientResponse, timeout_seconds: float
     finally:
         response.close()
     return status_error(response.status, error_message(body), response.headers.get("Retry-After"))
+
+
+class SseStream:
+    """What the SSE stream readers share: the body read by read, and how an answer ends.
+
+    A subclass parses ``_events(raw)`` and sets ``_finish_seen`` once the answer said how it
+    finished (then a body that ends or drops without the protocol's last word is still a
+    complete answer; before it, that is a mid-stream drop).
+    """
+
+    __slots__ = ("_body", "_decoder", "_event", "_finish_seen", "ended")
+
+    def __init__(self, body: HttpBody) -> None:
+        self._body = body
+        self._decoder = SSEDecoder()
+        self._finish_seen = False
+        # The one Chunk handed out for the common events (see upstreams.base: taken before the next).
+        self._event = Chunk()
+        self.ended = False
+
+    async def read(self) -> Iterator[Chunk]:
+        """The events of the next read, parsed as they are taken; see ``upstreams.base``."""
+        try:
+            raw = await self._body.read()
+        except UpstreamProtocolError:
+            if not self._finish_seen:
+                raise
+            raw = b""  # the answer was complete; only the protocol's last word went missing
+        if raw:
+            return self._events(raw)
+        self.ended = True
+        if not self._finish_seen:
+            raise UpstreamProtocolError(
+                "upstream closed the stream before it finished", failure="mid_stream_drop"
+            )
+        return iter(())
+
+    def _events(self, raw: bytes) -> Iterator[Chunk]:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Close the response (aborting the answer upstream unless it was read to its end)."""
+        await self._body.aclose()

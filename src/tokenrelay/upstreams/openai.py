@@ -20,37 +20,28 @@ from typing import Any
 
 import orjson
 
-from tokenrelay.config import ModelConfig
+from tokenrelay.config import DeploymentConfig
 from tokenrelay.errors import UpstreamProtocolError
-from tokenrelay.events import Chunk, ToolCallDelta, Usage
-from tokenrelay.sse import SSEDecoder
-from tokenrelay.upstreams.http import HttpBody, HttpClient
+from tokenrelay.events import ANTHROPIC_FIELDS, Chunk, ToolCallDelta, Usage
+from tokenrelay.upstreams.http import HttpBody, HttpUpstream, SseStream
 
 
-class OpenAIUpstream:
+class OpenAIUpstream(HttpUpstream):
     """One OpenAI-compatible upstream: its base URL, key and connection pool."""
 
     def __init__(self, *, base_url: str, api_key: str | None, max_connections: int) -> None:
-        self._url = base_url.rstrip("/") + "/chat/completions"
-        self._headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream",
-            "Accept-Encoding": "identity",
-        }
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._http = HttpClient(max_connections=max_connections)
-
-    def start(self) -> None:
-        """Create the connection pool (inside the running event loop)."""
-        self._http.start()
+        super().__init__(
+            url=base_url.rstrip("/") + "/chat/completions",
+            auth_headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            max_connections=max_connections,
+        )
 
     async def open_stream(
         self,
         *,
         body: dict[str, Any],
         upstream_model: str,
-        config: ModelConfig,
+        config: DeploymentConfig,
         request_id: str,
         on_close: Callable[[], None] | None = None,
     ) -> OpenAIStream:
@@ -58,51 +49,27 @@ class OpenAIUpstream:
 
         ``on_close`` runs once the stream is closed (not if this raises).
         """
-        payload = orjson.dumps(
-            {**body, "model": upstream_model, "stream": True, "stream_options": {"include_usage": True}}
-        )
-        response = await self._http.post(
-            self._url,
-            payload=payload,
-            headers={**self._headers, "X-Request-ID": request_id},
+        request = {**body, "model": upstream_model, "stream": True, "stream_options": {"include_usage": True}}
+        # Anthropic-only fields from a /v1/messages client, and the Anthropic blocks its messages
+        # may carry (only then: see api/anthropic.py): an OpenAI server would refuse them.
+        if request.pop(ANTHROPIC_FIELDS, None) is not None:
+            request["messages"] = [
+                {k: v for k, v in m.items() if k != ANTHROPIC_FIELDS} if ANTHROPIC_FIELDS in m else m
+                for m in request.get("messages") or ()
+            ]
+        response = await self._post(
+            orjson.dumps(request),
+            request_id=request_id,
             connect_timeout_seconds=config.connect_timeout_seconds,
+            headers={},
         )
         return OpenAIStream(HttpBody(response, on_close))
 
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()
 
-
-class OpenAIStream:
+class OpenAIStream(SseStream):
     """An OpenAI chat-completions stream, read as neutral events."""
 
-    __slots__ = ("_body", "_decoder", "_event", "_finish_seen", "ended")
-
-    def __init__(self, body: HttpBody) -> None:
-        self._body = body
-        self._decoder = SSEDecoder()
-        self._finish_seen = False
-        # The one Chunk handed out for every event (see upstreams.base: taken before the next).
-        self._event = Chunk()
-        self.ended = False
-
-    async def read(self) -> Iterator[Chunk]:
-        """The events of the next read, parsed as they are taken; see ``upstreams.base``."""
-        try:
-            raw = await self._body.read()
-        except UpstreamProtocolError:
-            if not self._finish_seen:
-                raise
-            raw = b""  # the answer was complete; only its usage chunk or [DONE] went missing
-        if raw:
-            return self._events(raw)
-        self.ended = True
-        if not self._finish_seen:
-            raise UpstreamProtocolError(
-                "upstream closed the stream before it finished", failure="mid_stream_drop"
-            )
-        return iter(())
+    __slots__ = ()
 
     def _events(self, raw: bytes) -> Iterator[Chunk]:
         # Parsed one at a time, as the relay takes them, into one reused Chunk: each chunk is
@@ -148,10 +115,6 @@ class OpenAIStream:
             event.usage = _usage(usage) if usage else None
             event.native = chunk
             yield event
-
-    async def aclose(self) -> None:
-        """Close the response (aborting the answer upstream unless it was read to its end)."""
-        await self._body.aclose()
 
 
 def _progress(chunk: dict[str, Any], delta: dict[str, Any], finish_reason: str | None) -> Chunk:

@@ -1,8 +1,10 @@
-"""The upstream clients of a running gateway: one per (base URL, key), shared by its models."""
+"""The upstream clients of a running gateway: one per (provider, base URL, key), shared by the
+deployments that use it."""
 
 from __future__ import annotations
 
-from tokenrelay.config import ModelConfig
+from tokenrelay.config import DeploymentConfig
+from tokenrelay.upstreams.anthropic import AnthropicUpstream
 from tokenrelay.upstreams.base import Upstream
 from tokenrelay.upstreams.openai import OpenAIUpstream
 
@@ -24,19 +26,20 @@ class Upstreams:
         self._max_connections = max_connections
         self._url_overrides = url_overrides or {}
         self._builtins = builtins or {}
-        self._clients: dict[tuple[str, str | None], OpenAIUpstream] = {}
+        self._clients: dict[tuple[str, str, str | None], Upstream] = {}
 
-    def client_for(self, model: ModelConfig) -> Upstream:
-        """The client serving ``model`` (created once, then reused)."""
-        builtin = self._builtins.get(model.base_url)
+    def client_for(self, deployment: DeploymentConfig) -> Upstream:
+        """The client serving ``deployment`` (created once, then reused)."""
+        builtin = self._builtins.get(deployment.base_url)
         if builtin is not None:
             return builtin
-        base_url = self._url_overrides.get(model.base_url, model.base_url)
-        api_key = model.api_key()
-        key = (base_url, api_key)
+        base_url = self._url_overrides.get(deployment.base_url, deployment.base_url)
+        api_key = deployment.api_key()
+        key = (deployment.provider, base_url, api_key)
         client = self._clients.get(key)
         if client is None:
-            client = OpenAIUpstream(base_url=base_url, api_key=api_key, max_connections=self._max_connections)
+            kind = AnthropicUpstream if deployment.provider == "anthropic" else OpenAIUpstream
+            client = kind(base_url=base_url, api_key=api_key, max_connections=self._max_connections)
             self._clients[key] = client
         return client
 
