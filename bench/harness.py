@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import socket
 import sqlite3
 import tempfile
 import time
@@ -28,11 +29,13 @@ from processes import (
     PYTHON,
     ROOT,
     Child,
+    features,
     free_port,
     gateway_config,
     ledger_state,
     log,
     raise_nofile,
+    routes_config,
     spawn,
     spool_rows,
     stop_children,
@@ -41,7 +44,7 @@ from processes import (
     wakeup_latency,
 )
 from results import Results
-from workload import BASELINE_GATEWAYS, LEDGER_GATEWAYS, Profile
+from workload import ANTHROPIC_PREFIX, BASELINE_GATEWAYS, LEDGER_GATEWAYS, Profile
 
 LEDGER_OFF = {"TOKENRELAY_LEDGER__ENABLED": "false"}
 
@@ -66,6 +69,18 @@ def run(profile: Profile, keep_logs: bool = False, baseline_ref: str | None = No
     ledger_db = workdir / "ledger.db"
     names = (*LEDGER_GATEWAYS, "gw-mem", *(BASELINE_GATEWAYS if baseline_ref else ()))
     spools = {name: workdir / f"spool-{name}" for name in names}
+    # Sections 12 and 13 need deployments and the Messages API: what this checkout's gateway has
+    # of them decides which of their models its TOML gets (a gateway refuses keys it lacks).
+    results.features = features()
+    missing = {"deployments", "messages-api", "anthropic-upstream"} - set(results.features)
+    if missing:
+        results.notes.append(
+            f"this checkout's gateway lacks {', '.join(sorted(missing))}: sections 12-13 leave it out"
+        )
+    # The failover's refused deployment: a port bound (so nothing else gets it) but never listening.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
     results.pg_problem = pgdb.reachable()
     if results.pg_problem:
         results.notes.append(f"PostgreSQL not reachable ({results.pg_problem}): no PostgreSQL rows")
@@ -87,7 +102,12 @@ def run(profile: Profile, keep_logs: bool = False, baseline_ref: str | None = No
         )
         children.append(sim)
         config = workdir / "gateway.toml"
-        config.write_text(gateway_config(sim_port))
+        config.write_text(
+            gateway_config(sim_port) + "\n" + routes_config(sim_port, closed_port, results.features)
+        )
+        # The baseline's gateways: the models every commit knows, nothing of sections 12-13.
+        config_base = workdir / "gateway-base.toml"
+        config_base.write_text(gateway_config(sim_port))
         # A fixed hash seed: one less way for two identical gateway processes to differ.
         base_env = {"TOKENRELAY_LOG_LEVEL": "WARNING", "TOKENRELAY_DRAIN_SECONDS": "1", "PYTHONHASHSEED": "0"}
         gateway_envs = {
@@ -110,7 +130,8 @@ def run(profile: Profile, keep_logs: bool = False, baseline_ref: str | None = No
         gateway_children: dict[str, Child] = {}
         for name, env in gateway_envs.items():
             port = free_port()
-            argv = [PYTHON, "-m", "tokenrelay", "serve", "--port", str(port), "--config", str(config)]
+            toml = config_base if name in BASELINE_GATEWAYS else config
+            argv = [PYTHON, "-m", "tokenrelay", "serve", "--port", str(port), "--config", str(toml)]
             # Every gateway gets a spool directory of its own in the scratch directory.
             env = {**base_env, **env, "TOKENRELAY_LEDGER__SPOOL_DIR": str(spools[name])}
             src = worktree / "src" if name in BASELINE_GATEWAYS else ROOT / "src"
@@ -160,16 +181,30 @@ def run(profile: Profile, keep_logs: bool = False, baseline_ref: str | None = No
             targets[name] = Target(name, child.port, "v1", child.proc)
             targets[f"{name}-chat"] = Target(f"{name}-chat", child.port, "chat", child.proc)
         targets["tutorial"] = Target("tutorial", tutorial_port, "tutorial", tutorial.proc)
+        # Sections 12 and 13: this checkout's ledger-off gateway only.
+        targets["direct-msg"] = Target("direct-msg", sim_port, "direct-messages", sim.proc)
+        off = gateway_children["gw-off"]
+        if "deployments" in results.features:
+            for prefix in ("refused", "inband"):
+                label = f"gw-off-{prefix}"
+                targets[label] = Target(label, off.port, "v1", off.proc, prefix=f"{prefix}/")
+        if "messages-api" in results.features:
+            targets["gw-off-msg"] = Target("gw-off-msg", off.port, "messages", off.proc)
+            if "anthropic-upstream" in results.features:
+                targets["gw-off-msg-anth"] = Target(
+                    "gw-off-msg-anth", off.port, "messages", off.proc, prefix=ANTHROPIC_PREFIX
+                )
 
         uvloop.run(measure(targets, sim, results, workdir))
 
         for child in children:
             if child.popen.poll() is not None:
                 results.notes.append(f"{child.name} exited during the run (code {child.popen.returncode})")
-        for name in gateway_children:
-            results.sent[name] = targets[name].sent + targets[f"{name}-chat"].sent
+        for name, child in gateway_children.items():  # every endpoint and model of the process
+            results.sent[name] = sum(t.sent for t in targets.values() if t.proc.pid == child.popen.pid)
     finally:
         stop_children(children)  # the gateways write their last batches as they stop
+        closed.close()
         try:
             if ledger_db.exists():
                 with contextlib.closing(sqlite3.connect(ledger_db)) as db:

@@ -4,6 +4,12 @@ A ``Conn`` writes a prepared HTTP/1.1 request and counts SSE events by counting 
 what it reads, with ``time.monotonic()`` timestamps (system-wide, comparable with the simulator's).
 Nothing parses the events: at hundreds of thousands of chunks a second the load generator shares a
 core with the simulator, and every microsecond it spends is one the simulator does not get.
+
+The first content event, for TTFT, is found by its index (OpenAI: the role-only chunk comes first,
+then content) or, for Anthropic's Messages stream, where the event index of the first text is
+not fixed (``message_start``, the simulator's ``ping``, ``content_block_start``, a keep-alive
+``ping`` in front), by a marker: the body is searched for ``"text_delta"`` until it shows up
+(a few hundred bytes per request), and the event holding it is the first content.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ class Conn(asyncio.Protocol):
         self.wait_n = 0
         self._reset(0, 0)
 
-    def _reset(self, first_content: int, n_content: int) -> None:
+    def _reset(self, first_content: int, n_content: int, marker: bytes | None = None) -> None:
         self.hbuf = b""
         self.headers = False
         self.status = 0
@@ -49,6 +55,9 @@ class Conn(asyncio.Protocol):
         self.tail = b""
         self.first_content = first_content  # event index (1-based) of the first content delta
         self.gap_end = first_content + n_content - 1  # last content event index
+        self.n_content = n_content
+        self.marker = marker  # found in the body: its event is the first content (first_content 0)
+        self.scan = b""  # the body so far, while looking for the marker
         self.ttft: float | None = None
         self.gaps: list[float] = []
         self.last_t = 0.0
@@ -94,6 +103,8 @@ class Conn(asyncio.Protocol):
         if self.last_nl and data[0] == 10:
             n += 1
         self.last_nl = data[-1] == 10
+        if self.marker is not None:
+            self._find_marker(data)
         if n:
             prev = self.events
             self.events = prev + n
@@ -113,15 +124,31 @@ class Conn(asyncio.Protocol):
         if tail == b"\r\n0\r\n\r\n":
             self._finish(self.status == 200)
 
+    def _find_marker(self, data: bytes) -> None:
+        """The first content's event index: the event the marker is in (counted as above)."""
+        self.scan += data
+        assert self.marker is not None
+        at = self.scan.find(self.marker)
+        if at >= 0:
+            self.first_content = self.scan.count(b"\n\n", 0, at) + 1
+            self.gap_end = self.first_content + self.n_content - 1
+            self.marker = None
+            self.scan = b""
+
     def _finish(self, ok: bool) -> None:
         if self.done is not None and not self.done.done():
             self.done.set_result(ok)
 
     # API
-    def begin(self, payload: bytes, first_content: int = 0, n_content: int = 0) -> asyncio.Future[bool]:
-        """Send one request; the future is True when its stream completed with status 200."""
+    def begin(
+        self, payload: bytes, first_content: int = 0, n_content: int = 0, marker: bytes | None = None
+    ) -> asyncio.Future[bool]:
+        """Send one request; the future is True when its stream completed with status 200.
+
+        TTFT and gaps are taken for ``n_content`` content events from event ``first_content``, or,
+        with a ``marker``, from the event it is found in."""
         assert self.transport is not None
-        self._reset(first_content, n_content)
+        self._reset(first_content, n_content, marker)
         self.waiter = None
         self.done = self.loop.create_future()
         if self.lost:
@@ -166,35 +193,71 @@ async def connect(port: int, counter: list[int]) -> Conn:
 # -- what we talk to ------------------------------------------------------------------------------
 
 
+# Anthropic's Messages API requires max_tokens; the simulator ignores it, so any value above the
+# longest answer asked for (``tput``: 20,000 tokens) keeps it from mattering.
+MESSAGES_MAX_TOKENS = 32_000
+TEXT_DELTA = b'"text_delta"'  # in the first (and every) Anthropic content event carrying text
+
+
 @dataclass
 class Target:
     """One way to reach the simulator: directly, through a gateway endpoint, or the tutorial app."""
 
     label: str
     port: int
-    style: str  # "direct" | "v1" | "chat" | "tutorial"
+    # "direct" | "v1" | "chat" | "tutorial" | "messages" (a gateway's /v1/messages) |
+    # "direct-messages" (the simulator's /v1/messages)
+    style: str
     proc: psutil.Process  # the process whose CPU / RSS is measured (the simulator for "direct")
     description: str = ""
     sent: int = 0  # requests built for this target (every stream the load generator started)
+    # Gateway styles: the public model is prefix + key (a model of the gateway's TOML written
+    # for this target, e.g. "refused/pace1": the same simulator options, other deployments).
+    prefix: str = ""
 
     @property
     def path(self) -> str:
-        return "/chat" if self.style == "chat" else "/v1/chat/completions"
+        if self.style == "chat":
+            return "/chat"
+        if self.style in ("messages", "direct-messages"):
+            return "/v1/messages"
+        return "/v1/chat/completions"
 
     @property
     def first_content(self) -> int:
-        """Index of the first content event: /chat has no role-only event in front."""
+        """Index of the first content event: /chat has no role-only event in front; Anthropic's
+        stream is searched for its first text instead (``marker``)."""
+        if self.marker is not None:
+            return 0
         return 1 if self.style == "chat" else 2
+
+    @property
+    def marker(self) -> bytes | None:
+        return TEXT_DELTA if self.style in ("messages", "direct-messages") else None
 
     def _body(self, key: str) -> bytes:
         if self.style in ("direct", "tutorial"):
             body: dict[str, Any] = {"model": "sim?" + MODELS[key], "stream": True, "messages": MESSAGES}
             if self.style == "direct":
                 body["stream_options"] = {"include_usage": True}  # as the gateway asks upstream
+        elif self.style == "direct-messages":
+            body = {
+                "model": "sim?" + MODELS[key],
+                "max_tokens": MESSAGES_MAX_TOKENS,
+                "stream": True,
+                "messages": MESSAGES,
+            }
+        elif self.style == "messages":
+            body = {
+                "model": self.prefix + key,
+                "max_tokens": MESSAGES_MAX_TOKENS,
+                "stream": True,
+                "messages": MESSAGES,
+            }
         elif self.style == "v1":
-            body = {"model": key, "stream": True, "messages": MESSAGES}
+            body = {"model": self.prefix + key, "stream": True, "messages": MESSAGES}
         else:
-            body = {"model": key, "messages": MESSAGES}
+            body = {"model": self.prefix + key, "messages": MESSAGES}
         return orjson.dumps(body)
 
     def request(self, key: str, rid: str) -> bytes:

@@ -24,6 +24,7 @@ from processes import CHILD_ENV, GATEWAY_CORE, PYTHON, ROOT, Child, log
 from results import Latency, Memory, Results
 from scenarios_hold import ABORT_PHASES, abort_latency, memory
 from scenarios_load import interleaved_slices, throughput, ttft_concurrent, ttft_sequential
+from scenarios_routes import protocol_throughput, routes_ttft
 from stats import ms, pct
 from workload import AA_GATEWAY, BASELINE_GATEWAY, BASELINE_MEM, LEDGER_GATEWAYS
 
@@ -231,8 +232,29 @@ async def measure(targets: dict[str, Target], sim: Child, results: Results, work
         if "gw-off" in p.abort_targets:
             await aborts("gw-off", 5)  # while other streams are being set up
 
-        # 6 and 7: in-process micro-benchmarks (the gateways are idle meanwhile).
+        # 12 and 13: failover's TTFT, and /v1/messages beside /v1/chat/completions (this
+        # checkout's ledger-off gateway; skipped where it lacks the features).
+        await routes_ttft(targets, results, session, control)
+        for label, lat in results.c1_routes.items():
+            log(
+                f"TTFT, 1 stream (sections 12-13): {label}: p50 {ms(pct(lat.ttft, 0.5), 3)} ms "
+                f"p99 {ms(pct(lat.ttft, 0.99), 3)} ms n={len(lat.ttft)} errors={lat.errors}"
+            )
+        if results.attempts:
+            log(f"attempts counted by the gateway: {results.attempts}")
+        await settle("gw-off", "TTFT sections 12-13")
+        await protocol_throughput(targets, sim_proc, results, control, settle, log)
+
+        # 6, 7 and 11: in-process micro-benchmarks (the gateways are idle meanwhile).
         await control.reset()
+        if p.selection_rounds > 0:
+            results.selection_bench = await asyncio.to_thread(
+                micro_benchmark,
+                "selection_overhead.py",
+                ["--rounds", str(p.selection_rounds), "--picks", str(p.selection_picks)],
+                workdir,
+                results,
+            )
         results.clients_bench = await asyncio.to_thread(
             micro_benchmark,
             "upstream_clients.py",

@@ -26,7 +26,14 @@ import orjson
 import psutil
 
 from results import Wakeup
-from workload import MODELS
+from workload import (
+    ANTHROPIC_KEYS,
+    ANTHROPIC_PREFIX,
+    FAILOVER_KEYS,
+    FAILOVER_PREFIXES,
+    MODELS,
+    NEVER_EJECT,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -170,6 +177,76 @@ def gateway_config(sim_port: int) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def routes_config(sim_port: int, closed_port: int, features: Iterable[str]) -> str:
+    """The models of sections 12 and 13, for a gateway with ``features`` (see ``features``)."""
+    features = set(features)
+    lines: list[str] = []
+    if "deployments" in features:
+        for prefix in FAILOVER_PREFIXES:
+            for key in FAILOVER_KEYS:
+                name = prefix + key
+                failing = (
+                    f"http://127.0.0.1:{closed_port}/v1"
+                    if prefix == "refused/"
+                    else f"http://127.0.0.1:{sim_port}/v1",
+                    f"sim?{MODELS[key]}" if prefix == "refused/" else f"sim?error_after=0&{MODELS[key]}",
+                )
+                lines += [f'[models."{name}"]', f"eject_after_failures = {NEVER_EJECT}", ""]
+                for dname, priority, (url, upstream) in (
+                    ("failing", 0, failing),
+                    ("sim", 1, (f"http://127.0.0.1:{sim_port}/v1", f"sim?{MODELS[key]}")),
+                ):
+                    lines += [
+                        f'[[models."{name}".deployments]]',
+                        f'name = "{dname}"',
+                        f"priority = {priority}",
+                        f'base_url = "{url}"',
+                        f'upstream_model = "{upstream}"',
+                        "",
+                    ]
+    if "anthropic-upstream" in features:
+        for key in ANTHROPIC_KEYS:
+            lines += [
+                f'[models."{ANTHROPIC_PREFIX}{key}"]',
+                'provider = "anthropic"',
+                f'base_url = "http://127.0.0.1:{sim_port}"',
+                f'upstream_model = "sim?{MODELS[key]}"',
+                "",
+            ]
+    return "\n".join(lines)
+
+
+FEATURES_PROBE = """
+import importlib.util, json, typing
+import tokenrelay.config as c
+found = []
+if "deployments" in c.ModelConfig.model_fields and importlib.util.find_spec("tokenrelay.routing"):
+    found.append("deployments")
+if importlib.util.find_spec("tokenrelay.api.anthropic"):
+    found.append("messages-api")
+if "anthropic" in typing.get_args(getattr(c, "Provider", None)):
+    found.append("anthropic-upstream")
+print(json.dumps(found))
+"""
+
+
+def features(src: Path = ROOT / "src") -> list[str]:
+    """What the gateway of ``src`` offers of sections 12 and 13: ``deployments`` (failover),
+    ``messages-api`` (``POST /v1/messages``), ``anthropic-upstream`` (``provider = "anthropic"``)."""
+    out = subprocess.run(
+        [PYTHON, "-c", FEATURES_PROBE],
+        env={**os.environ, **child_env(src)},
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=src.parent,
+    )
+    if out.returncode != 0:
+        return []
+    found: list[str] = orjson.loads(out.stdout)
+    return found
 
 
 def tokenrelay_origin(src: Path = ROOT / "src") -> str:

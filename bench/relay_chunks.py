@@ -81,9 +81,19 @@ async def main():
     await writer.start()
     extra = {"metrics": NoMetrics(), "tracing": NoTracing()} if V2 else {}
     drain = DrainCoordinator(5)
+    if V2 and "routing" in RelayRuntime.__dataclass_fields__:
+        extra["routing"] = None  # the routes' concern; the relay is handed its router directly
     runtime = RelayRuntime(settings=settings, ledger=writer, counter=counter, drain=drain, **extra)
     upstream = Upstream(base_url=sim_url, api_key=None, max_connections=1000)
     upstream.start()
+    route = {}
+    if V2:
+        try:  # with deployments (routing/): the relay takes the model's router
+            from tokenrelay.routing import ModelRouter
+
+            route = {"router": ModelRouter("m", model, [(model.resolved_deployments()[0], upstream)])}
+        except ImportError:
+            route = {"upstream": upstream}
     chunks = 0
     streams_done = 0
 
@@ -113,7 +123,7 @@ async def main():
             scope = {"type": "http", "headers": [], "extensions": {}}
             if V2:
                 response = RelayedStream(runtime=runtime, record=record, key=None, model=model, body=body,
-                                         upstream=upstream, encoder=encoder)
+                                         encoder=encoder, **route)
             else:
                 response = StreamRelay(record=record, body=body, model=model, upstream=upstream,
                                        protocol=encoder, runtime=runtime)

@@ -19,6 +19,7 @@ from report_format import table
 from report_gateway import render_aborts, render_latency, render_memory, render_throughput, render_wakeup
 from report_ledger import render_ledger, render_rows_bench
 from report_micro import render_clients, render_local, render_metrics_overhead, render_relay_chunks
+from report_routes import render_failover, render_messages, render_selection
 from report_summary import observe, render_targets
 from results import Results
 
@@ -122,6 +123,9 @@ def render(r: Results) -> str:
     out += render_local(r)
     out += render_metrics_overhead(r)
     out += render_relay_chunks(r)
+    out += render_selection(r)
+    out += render_failover(r)
+    out += render_messages(r)
     observations = observe(r)
     if observations:
         out += ["## Observations", ""] + [f"- {o}" for o in observations] + [""]
@@ -131,16 +135,17 @@ def render(r: Results) -> str:
     out += [
         "```sh",
         "python dev.py            # or: python -m venv .venv && .venv/bin/pip install -e '.[dev]'",
-        ".venv/bin/python bench/run.py --baseline REF  # full run against commit REF, ~14 min; "
+        ".venv/bin/python bench/run.py --baseline REF  # full run against commit REF, ~16 min; "
         "overwrites BENCHMARKS.md",
         ".venv/bin/python bench/run.py --save-results out.json  # keep the raw measurements; "
         "--render-from out.json re-renders them",
-        ".venv/bin/python bench/run.py --quick   # ~2 min, smaller samples",
+        ".venv/bin/python bench/run.py --quick   # ~3 min, smaller samples",
         ".venv/bin/python bench/ledger_rows.py       # section 6 alone",
         ".venv/bin/python bench/upstream_clients.py  # section 7 alone (starts its own simulator)",
         ".venv/bin/python bench/local_model.py       # section 8 alone (starts its own gateway)",
         ".venv/bin/python bench/metrics_overhead.py  # section 9 alone (its own simulator and gateways)",
         ".venv/bin/python bench/relay_chunks.py --baseline REF  # section 10 alone",
+        ".venv/bin/python bench/selection_overhead.py  # section 11 alone",
         "```",
         "",
         "Needs `taskset` and at least 2 cores; binds only 127.0.0.1; PostgreSQL at "
@@ -149,7 +154,7 @@ def render(r: Results) -> str:
         "(core 0; ledger off, off again as the A/A control, on SQLite, on PostgreSQL, and a ledger-off "
         "one for the memory test only; each with its own spool directory in a scratch directory; "
         "`PYTHONHASHSEED=0`; `TOKENRELAY_LOG_LEVEL=WARNING`, so the per-stream `stream_end` log line "
-        "is not written), `uvicorn bench/tutorial_app.py` (core 0), the two micro-benchmarks "
+        "is not written), `uvicorn bench/tutorial_app.py` (core 0), the in-process micro-benchmarks "
         "(core 0); the "
         "load generator runs in `bench/run.py` itself on core 1. Only one of them is under load at a "
         "time. Children import `tokenrelay` from this checkout's `src/` (their `PYTHONPATH`).",

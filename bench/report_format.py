@@ -15,6 +15,11 @@ LABELS = {
     "gw-pg": "gateway `/v1/chat/completions`, ledger on (PostgreSQL)",
     "gw-pg-chat": "gateway `/chat`, ledger on (PostgreSQL)",
     "tutorial": "tutorial app (`bench/tutorial_app.py`)",
+    "direct-msg": "direct to simulator, `/v1/messages`",
+    "gw-off-refused": "gateway `/v1/chat/completions`, failover after a refused connection",
+    "gw-off-inband": "gateway `/v1/chat/completions`, failover after an in-band error",
+    "gw-off-msg": "gateway `/v1/messages`, OpenAI upstream, ledger off",
+    "gw-off-msg-anth": "gateway `/v1/messages`, Anthropic upstream, ledger off",
     "gw-base": "baseline gateway `/v1/chat/completions`, ledger off",
     "gw-base-mem": "baseline gateway `/v1/chat/completions`, ledger off (serves only the memory test)",
 }

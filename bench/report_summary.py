@@ -7,6 +7,7 @@ import math
 from analysis import accounting, compare, ledger_noise, ledger_rows, paired
 from report_format import describe, table, verdict
 from report_micro import read_side_sentence
+from report_routes import target_rows
 from results import Results
 from stats import median, ms, pct
 from workload import MODELS
@@ -182,6 +183,7 @@ def render_targets(r: Results) -> list[str]:
             summary.append(
                 [f"Metrics on vs off, {what}, ledger off (section 9)", "gap < 3 %", result, verdict(ok)]
             )
+    summary += target_rows(r)
     return ["## Targets", "", *table(["Measurement", "Target", "Result", "Verdict"], summary), ""]
 
 

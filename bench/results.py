@@ -161,6 +161,15 @@ class Results:
     metrics_bench: dict[str, Any] | None = None  # bench/metrics_overhead.py
     relay_bench: dict[str, Any] | None = None  # bench/relay_chunks.py (with --baseline)
     clients_bench: dict[str, Any] | None = None  # bench/upstream_clients.py
+    selection_bench: dict[str, Any] | None = None  # bench/selection_overhead.py (section 11)
+    # Sections 12 and 13: what this checkout's gateway offers ("deployments", "messages-api",
+    # "anthropic-upstream"); their 1-stream TTFT (one interleaving: direct, gw-off and the new
+    # targets); the gateway's attempt counts over that run, per model ("deployment: outcome" ->
+    # attempts); and the throughput rounds of section 13 (``round_no``: the alternating round).
+    features: list[str] = field(default_factory=list)
+    c1_routes: dict[str, Latency] = field(default_factory=dict)
+    attempts: dict[str, dict[str, float]] = field(default_factory=dict)
+    protocol_tput: list[Throughput] = field(default_factory=list)
     wakeup: list[Wakeup] = field(default_factory=list)
     oversleep: list[float] = field(default_factory=list)
     tokenrelay_file: str = ""

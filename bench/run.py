@@ -1,7 +1,7 @@
 """tokenrelay benchmark: gateway vs a direct connection to the simulated upstream, in one run.
 
-    .venv/bin/python bench/run.py            # full run (~7 minutes), writes BENCHMARKS.md
-    .venv/bin/python bench/run.py --quick    # smaller samples (~2 minutes)
+    .venv/bin/python bench/run.py            # full run (~9 minutes), writes BENCHMARKS.md
+    .venv/bin/python bench/run.py --quick    # smaller samples (~3 minutes)
     .venv/bin/python bench/run.py --save-results bench/results/latest.json   # also keep the numbers
     .venv/bin/python bench/run.py --render-from bench/results/latest.json    # the report again
     .venv/bin/python bench/run.py --baseline HEAD~3   # and an older commit beside this checkout
@@ -12,10 +12,16 @@ loopback ports (gateways pinned to core 0 with ``taskset``; the simulator and th
 generator share core 1), measures, stops everything and writes the report. The load generator
 is a raw asyncio protocol (uvloop): it writes a prepared HTTP/1.1 request and counts SSE events
 by counting ``b"\\n\\n"`` in what it reads, with ``time.monotonic()`` timestamps (system-wide,
-comparable with the simulator's). Two in-process micro-benchmarks run as subprocesses too:
-``bench/ledger_rows.py`` (ledger rows per second) and ``bench/upstream_clients.py`` (the
-upstream HTTP client). Every child imports ``tokenrelay`` from this checkout's ``src`` (its
-``PYTHONPATH``), whatever the environment has installed; the run checks that it does.
+comparable with the simulator's). In-process micro-benchmarks run as subprocesses too, among
+them ``bench/ledger_rows.py`` (ledger rows per second), ``bench/upstream_clients.py`` (the
+upstream HTTP client) and ``bench/selection_overhead.py`` (choosing a deployment).
+
+Deployments and the Messages API (sections 12 and 13) are measured on this checkout's ledger-off
+gateway only, with models its TOML gets in addition (failover between two deployments; an
+Anthropic upstream); what its code lacks is left out with a note (``processes.features``), and
+a baseline's gateways get the TOML without them. Every child imports ``tokenrelay`` from this
+checkout's ``src`` (its ``PYTHONPATH``), whatever the environment has installed; the run checks
+that it does.
 
 PostgreSQL: a throw-away database is created for the run and dropped at the end (see
 ``bench/pgdb.py``; ``TOKENRELAY_BENCH_PG`` overrides the maintenance DSN). Without a reachable
@@ -58,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="small samples, about two minutes")
+    parser.add_argument("--quick", action="store_true", help="small samples, about three minutes")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md", help="report path")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs and ledger DB")
     parser.add_argument(

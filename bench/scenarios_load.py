@@ -33,7 +33,10 @@ async def ttft_sequential(targets: list[Target], n: int) -> dict[str, Latency]:
                 if conn is None or conn.lost:
                     conn = conns[target.label] = await connect(target.port, counter)
                 done = conn.begin(
-                    target.request("pace1", f"c1-{target.label}-{i}"), target.first_content, n_content
+                    target.request("pace1", f"c1-{target.label}-{i}"),
+                    target.first_content,
+                    n_content,
+                    target.marker,
                 )
                 try:
                     ok = await asyncio.wait_for(done, 5)
@@ -79,7 +82,10 @@ async def ttft_concurrent(
                 conns.append(conn)
             i += 1
             done = conn.begin(
-                target.request(key, f"c200-{key}-{target.label}-{w}-{i}"), target.first_content, n_content
+                target.request(key, f"c200-{key}-{target.label}-{w}-{i}"),
+                target.first_content,
+                n_content,
+                target.marker,
             )
             try:
                 ok = await asyncio.wait_for(done, 10 + request_seconds)

@@ -20,6 +20,21 @@ MODELS = {
 }
 MESSAGES = [{"role": "user", "content": "hi"}]
 
+# Sections 12 and 13: models that only this checkout's gateways are given (an older commit's
+# gateway refuses their keys), public name "<prefix><key>" with MODELS[key]'s simulator options.
+# Failover: priority 0 fails every request before its first token, priority 1 is the simulator;
+# ``eject_after_failures`` out of reach, so that the failing deployment is never ejected and every
+# request pays for one failover.
+FAILOVER_PREFIXES = {
+    "refused/": "connection refused (a bound, never listening loopback port)",
+    "inband/": "200, then an in-band error before any content (`sim?error_after=0&…`)",
+}
+FAILOVER_KEYS = ("pace1",)
+NEVER_EJECT = 1_000_000
+# The same simulator behaviours, upstream over Anthropic's Messages API (``provider = "anthropic"``).
+ANTHROPIC_PREFIX = "anthropic/"
+ANTHROPIC_KEYS = ("pace1", "tput")
+
 
 # The ledger comparison; gw-off2 is a second, identical ledger-off process: the A/A control.
 LEDGER_GATEWAYS = ("gw-off", "gw-off2", "gw-sqlite", "gw-pg")
@@ -51,6 +66,13 @@ class Profile:
     ledger_rows: int  # rows per variant in bench/ledger_rows.py
     client_requests: int  # timed requests per variant in bench/upstream_clients.py
     client_rounds: int
+    # Sections 11-13 (defaults: what a results file written before them holds no data for).
+    selection_rounds: int = 0  # bench/selection_overhead.py: rounds of ...
+    selection_picks: int = 0  # ... pick + release pairs per variant
+    routes_c1_requests: int = 0  # sequential requests per target, failover and /v1/messages TTFT
+    protocol_rounds: int = 0  # alternating throughput rounds, /v1/messages beside /v1/chat/completions
+    protocol_warmup: float = 0.0
+    protocol_seconds: float = 0.0
     c1_targets: tuple[str, ...] = ("direct", "gw-off", "gw-off-chat", "gw-pg", "tutorial")
     c200_targets: tuple[str, ...] = ("direct", "gw-off", "gw-off-chat", "tutorial")
     c200_light_targets: tuple[str, ...] = ("direct", "gw-off")
@@ -80,6 +102,12 @@ FULL = Profile(
     ledger_rows=20_000,
     client_requests=360,
     client_rounds=6,
+    selection_rounds=9,
+    selection_picks=30_000,
+    routes_c1_requests=200,
+    protocol_rounds=3,
+    protocol_warmup=0.5,
+    protocol_seconds=2.0,
 )
 QUICK = Profile(
     name="quick",
@@ -100,6 +128,12 @@ QUICK = Profile(
     ledger_rows=2_000,
     client_requests=60,
     client_rounds=3,
+    selection_rounds=3,
+    selection_picks=20_000,
+    routes_c1_requests=40,
+    protocol_rounds=1,
+    protocol_warmup=0.3,
+    protocol_seconds=1.0,
     c200_targets=("direct", "gw-off", "tutorial"),
     c200_light_targets=(),
     wakeup_pings=100,
