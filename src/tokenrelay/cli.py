@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML configuration file")
     serve.set_defaults(handler=_serve)
 
-    sim = commands.add_parser("sim", help="run the simulated OpenAI-compatible upstream")
+    sim = commands.add_parser("sim", help="run the simulated upstream (OpenAI and Anthropic protocols)")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8001)
     sim.set_defaults(handler=_sim)

@@ -1,4 +1,4 @@
-"""The simulated OpenAI-compatible upstream (tests, benchmarks and the out-of-the-box demo)."""
+"""The simulated upstream, OpenAI chat completions and Anthropic Messages (tests, benchmarks, the demo)."""
 
 from tokenrelay.sim.behaviour import SimOptions
 from tokenrelay.sim.server import SimulatedUpstream
