@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -131,7 +132,7 @@ def failover_gateway(
     gw.stop()
 
 
-async def _one_row(gw: Gateway, rid: str) -> dict[str, object]:
+async def _one_row(gw: Gateway, rid: str) -> dict[str, Any]:
     rows = await gw.ledger_rows(rid)
     assert len(rows) == 1, rows
     return rows[0]

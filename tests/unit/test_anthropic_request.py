@@ -267,7 +267,7 @@ def test_messages_that_carry_their_anthropic_blocks_are_sent_as_those_blocks() -
     }
     question = {"type": "text", "text": "And tomorrow?", "cache_control": {"type": "ephemeral"}}
     assistant_blocks = [thinking, redacted, {"type": "text", "text": "Checking."}, tool_use, after]
-    body = {
+    body: dict[str, Any] = {
         "messages": [
             {"role": "user", "content": "Weather?"},
             {
