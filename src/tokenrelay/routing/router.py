@@ -38,7 +38,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -94,7 +94,6 @@ class Deployment:
     ejected_until: float | None = None
     probe_in_flight: bool = False
     ejections: int = 0
-    _events: RoutingEvents = field(default_factory=NoRoutingEvents)
 
     def __post_init__(self) -> None:
         self.name = self.config.name or "default"
@@ -194,8 +193,7 @@ class ModelRouter:
         self.config = config
         self._events = events or NoRoutingEvents()
         self.deployments = [
-            Deployment(model=model, config=dc, upstream=upstream, _events=self._events)
-            for dc, upstream in deployments
+            Deployment(model=model, config=dc, upstream=upstream) for dc, upstream in deployments
         ]
         self._single = self.deployments[0] if len(self.deployments) == 1 else None
         self._random = (rng or random.Random()).random
