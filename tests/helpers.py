@@ -174,6 +174,8 @@ def model_table(sim_base_url: str) -> str:
         "fast": "tokens=20",
         "paced": "tokens=20&tps=50",
         "echo": "echo=1",
+        # The prompt echoed back, paced: a resumable stream cut and resumed mid-answer.
+        "echo-paced": "echo=1&tps=200",
         # Long answers at 2,000 tokens a second: the page's rendering under load.
         "markdown": "echo=1&piece=5&tps=2000",
         "long-line": "tokens=20000&tps=2000",

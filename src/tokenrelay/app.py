@@ -25,9 +25,11 @@ from starlette.types import Receive, Scope, Send
 from tokenrelay.api.errors import install_error_handlers
 from tokenrelay.api.middleware import BodyLimitMiddleware, RequestIdMiddleware, offer_connection_abort
 from tokenrelay.api.routes import router, stream_routes
+from tokenrelay.api.streams import stream_control_routes
 from tokenrelay.api.usage import usage_router
 from tokenrelay.auth.keys import Authenticator, KeyStore, secret_detector
 from tokenrelay.catalog import load_settings, local_model_path
+from tokenrelay.cluster import Cluster
 from tokenrelay.config import BUILTIN_LOCAL_URL, BUILTIN_SIM_URL, Settings
 from tokenrelay.ledger.db import create_engine
 from tokenrelay.ledger.spool import Spool
@@ -102,8 +104,18 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
                 batch_max_seconds=settings.ledger.batch_max_seconds,
                 on_finished=_log_and_count(metrics),
             )
+            cluster = None
+            if settings.cluster_redis_url():
+                cluster = Cluster(settings, ledger=writer, counter=counter)
+                # Closed after the writer's last rows (their leases go with them) ...
+                stack.push_async_callback(cluster.aclose)
             await writer.start()
             stack.push_async_callback(writer.close)
+            if cluster is not None:
+                writer.on_stored = cluster.leases.forget
+                await cluster.start()
+                # ... and its reaper stopped before the writer's close (it submits rows).
+                stack.push_async_callback(cluster.stop_tasks)
 
             upstreams = Upstreams(
                 max_connections=settings.upstream_max_connections,
@@ -136,6 +148,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
                 auth=auth,
                 limiter=limiter,
                 spending=spending,
+                cluster=cluster,
             )
             app.state.metrics = metrics
             app.state.upstreams = upstreams
@@ -160,6 +173,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     app = TokenRelayApp(title="tokenrelay", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.router.routes.extend(stream_routes)
+    app.router.routes.extend(stream_control_routes)
     app.include_router(router)
     app.include_router(usage_router)
     if settings.web_page:

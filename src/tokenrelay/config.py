@@ -103,6 +103,8 @@ class ModelConfig(BaseModel):
     idle_timeout_seconds: float = Field(default=60.0, gt=0)
     total_timeout_seconds: float = Field(default=600.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=10)
+    # None: cluster.resumable_default.
+    resumable: bool | None = None
     eject_after_failures: int = Field(default=3, ge=1)
     cooldown_seconds: float = Field(default=30.0, gt=0)
     default_max_tokens: int = Field(default=4096, ge=1)
@@ -248,6 +250,34 @@ class AuthSettings(BaseModel):
     budget_on_redis_error: Literal["open", "closed"] = "closed"
 
 
+class ClusterSettings(BaseModel):
+    """Replicas sharing Redis: resumable streams, stop from any replica, replica leases.
+
+    On when a Redis URL is known (``redis_url``, else ``auth.redis_url``); see docs/deploy.md.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    redis_url: str | None = Field(default=None, description="default: auth.redis_url")
+    namespace: str = Field(
+        default="tokenrelay", pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="prefix of every Redis key"
+    )
+    replica_id: str | None = Field(default=None, max_length=64, description="default: host-pid-random")
+    resumable_default: bool = Field(default=False, description="streams are resumable unless asked not")
+    resumable_fallback: bool = Field(
+        default=False, description="Redis away: serve a resumable request as a plain stream (not 503)"
+    )
+    resume_grace_seconds: float = Field(
+        default=30.0, gt=0, description="a resumable stream generates on this long without a client"
+    )
+    resume_retention_seconds: float = Field(default=300.0, gt=0, description="replayable after the end")
+    resume_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="buffer cap per stream")
+    resume_max_entries: int = Field(default=20_000, ge=10, description="XADD MAXLEN per stream")
+    orphan_after_seconds: float = Field(
+        default=15.0, gt=0, description="a replica silent this long is dead: its streams get rows"
+    )
+
+
 class Settings(BaseSettings):
     """All gateway settings. Durations carry their unit in the name."""
 
@@ -283,6 +313,7 @@ class Settings(BaseSettings):
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -318,6 +349,10 @@ class Settings(BaseSettings):
             self.default_model = next(iter(models))
         if self.default_model not in models:
             raise ValueError(f"default_model {self.default_model!r} is not in models")
+
+    def cluster_redis_url(self) -> str | None:
+        """The Redis that replicas share streams and leases through (None: one process alone)."""
+        return self.cluster.redis_url or self.auth.redis_url
 
     def model(self, name: str | None) -> tuple[str, ModelConfig] | None:
         """Resolve a public model name (None: the default) to its config."""

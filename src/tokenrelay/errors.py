@@ -225,3 +225,33 @@ class StreamShutdown(ServiceUnavailable):
     """The gateway is stopping and the drain period ran out."""
 
     code = "shutdown"
+
+
+class StreamNotFound(TokenRelayError):
+    """No resumable stream with this id for this key (unknown, expired, or another key's)."""
+
+    status_code = 404
+    error_type = "not_found_error"
+    code = "stream_not_found"
+
+
+class ResumableUnavailable(ServiceUnavailable):
+    """A resumable stream was asked for and the shared Redis is not reachable."""
+
+    code = "resumable_unavailable"
+
+
+class StreamLost(TokenRelayError):
+    """The replica generating a resumable stream died; the answer stops here."""
+
+    status_code = 502
+    error_type = "api_error"
+    code = "stream_lost"
+
+
+class StreamAbandoned(TokenRelayError):
+    """Nobody came back for a resumable stream within the grace period: it was aborted."""
+
+    status_code = 499
+    error_type = "api_error"
+    code = "client_disconnected"

@@ -26,6 +26,10 @@ class StreamStatus(StrEnum):
     TIMEOUT = "timeout"
     BUDGET_EXCEEDED = "budget_exceeded"
     SHUTDOWN = "shutdown"
+    # POST /v1/streams/{id}/stop: the user stopped the answer (not a disconnect).
+    STOPPED = "stopped"
+    # Written by another replica: the one running the stream died (usage estimated).
+    REPLICA_LOST = "replica_lost"
 
 
 # Ends the client caused: not the upstream's failures, not the gateway's.
@@ -90,6 +94,10 @@ class StreamRecord:
     # Prompt tokens read from / written to the provider's prompt cache (included in prompt_tokens).
     cache_read_tokens: int | None = None
     cache_creation_tokens: int | None = None
+    # Resumable: its events go to a Redis Stream and it outlives its client's connection.
+    resumable: bool = False
+    # The Redis hash holding this stream's open-stream lease entry (cluster/leases.py), if any.
+    lease: str | None = None
 
     @property
     def ttft_ms(self) -> float | None:

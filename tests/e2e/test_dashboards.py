@@ -77,7 +77,7 @@ def test_promtool_accepts_the_alert_rules() -> None:
         [promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 10 rules found" in done.stdout + done.stderr
+    assert "SUCCESS: 11 rules found" in done.stdout + done.stderr
 
 
 def test_promtool_accepts_the_dashboard_queries(tmp_path: Path) -> None:

@@ -136,3 +136,37 @@ async def test_cancelled_writer_still_commits_the_batch_in_flight(
                 )
             )
             assert stuck.scalar_one() == 0
+
+
+async def test_two_replicas_writing_the_same_streams_at_once_leave_one_row_each(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """The replica_lost race: a survivor's reaper and the (only paused) owner both write a row
+    for the same streams at the same moment, each through its own engine and writer."""
+    other_engine = create_engine(LedgerSettings(database_url=str(engine.url)))
+    owner = await make_writer(engine, tmp_path / "spool-owner", seconds=0.01)
+    reaper = await make_writer(other_engine, tmp_path / "spool-reaper", seconds=0.01)
+    try:
+        for _round in range(5):
+            records = [finished_record(f"race-{uuid.uuid4().hex}") for _ in range(40)]
+            for record in records:
+                twin = finished_record(record.request_id)
+                twin.stream_id = record.stream_id
+                twin.status = StreamStatus.REPLICA_LOST
+                owner.submit(record)
+                reaper.submit(twin)
+            await asyncio.sleep(0.05)
+        await asyncio.gather(close(owner), close(reaper))
+        assert await count(engine, "request_id LIKE 'race-%'") == 200
+        async with engine.connect() as connection:
+            duplicated = (
+                await connection.execute(
+                    text(
+                        "SELECT count(*) FROM (SELECT stream_id FROM usage_record"
+                        " GROUP BY stream_id HAVING count(*) > 1) d"
+                    )
+                )
+            ).scalar_one()
+        assert duplicated == 0
+    finally:
+        await other_engine.dispose()

@@ -6,98 +6,14 @@ off for streams alone), and each test compares with the gateway reached directly
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
-import pytest
 
-from tests.helpers import Gateway, Sim, free_port, new_request_id, open_raw_stream
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "tokenrelay.conf"
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-MAIN_CONFIG = """\
-daemon off;
-master_process off;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    include {tmp}/tokenrelay.conf;
-}}
-"""
-
-StartNginx = Callable[..., str]
-
-
-@pytest.fixture
-def start_nginx(tmp_path: Path) -> Iterator[StartNginx]:
-    """``start_nginx(gateway_url, read_timeout=None)`` → the URL of nginx in front of it."""
-    if not os.path.exists(NGINX):
-        message = "needs nginx (.ci/run installs it)"
-        if os.environ.get("TOKENRELAY_TEST_TOOLS") == "required":
-            pytest.fail(message)
-        pytest.skip(message)
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def start(gateway_url: str, read_timeout: str | None = None) -> str:
-        tmp = tmp_path / f"nginx-{len(processes)}"
-        tmp.mkdir()
-        port = free_port()
-        site = _substitute(EXAMPLE.read_text(), r"server 127\.0\.0\.1:8000;", f"server {gateway_url[7:]};")
-        site = _substitute(site, r"listen 8080;", f"listen 127.0.0.1:{port};")
-        if read_timeout:
-            site = _substitute(site, r"proxy_read_timeout \d+s;", f"proxy_read_timeout {read_timeout};")
-        (tmp / "tokenrelay.conf").write_text(site)
-        (tmp / "nginx.conf").write_text(MAIN_CONFIG.format(tmp=tmp))
-        process = subprocess.Popen(
-            [NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "error.log")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        processes.append(process)
-        _wait_listening(port, process, tmp / "error.log")
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    for process in processes:
-        process.terminate()
-        process.wait(10)
-
-
-def _substitute(text: str, pattern: str, replacement: str) -> str:
-    new, count = re.subn(pattern, replacement, text)
-    assert count == 1, f"the example config no longer has {pattern!r}"
-    return new
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes], error_log: Path) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"nginx exited: {error_log.read_text() if error_log.exists() else ''}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("nginx did not start listening")
+from tests.e2e.conftest import StartNginx
+from tests.helpers import Gateway, Sim, new_request_id, open_raw_stream
 
 
 def delta_arrival_times(url: str, model: str = "paced") -> list[float]:

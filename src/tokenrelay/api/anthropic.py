@@ -172,6 +172,8 @@ class MessagesRequest(BaseModel):
     thinking: ThinkingConfig | None = None
     # Automatic prompt caching (Anthropic marks the last cacheable block).
     cache_control: dict[str, Any] | None = None
+    # tokenrelay's own: survive a dropped connection (see docs/protocol.md).
+    resumable: StrictBool | None = None
 
     def upstream_body(self) -> dict[str, Any]:
         """The OpenAI chat-completions shaped body every upstream takes (see the module docstring)."""
@@ -359,7 +361,7 @@ def _openai_tool_choice(choice: ToolChoice) -> dict[str, Any]:
 # -- the route -------------------------------------------------------------------------------
 
 Admit = Callable[[Request], Awaitable[Caller | None]]
-StreamOf = Callable[[Request, Caller | None, str | None, dict[str, Any], Encoder], Response]
+StreamOf = Callable[[Request, Caller | None, str | None, dict[str, Any], Encoder, bool | None], Response]
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -384,6 +386,6 @@ def messages_endpoint(*, admit: Admit, stream: StreamOf) -> Endpoint:
             encoder = AnthropicEvents(public_model=payload.model)
         else:
             encoder = AnthropicMessage(public_model=payload.model)
-        return stream(request, caller, payload.model, payload.upstream_body(), encoder)
+        return stream(request, caller, payload.model, payload.upstream_body(), encoder, payload.resumable)
 
     return messages

@@ -22,11 +22,13 @@ from tokenrelay.api.anthropic import messages_endpoint
 from tokenrelay.api.errors import describe_validation_errors
 from tokenrelay.api.schemas import ChatCompletionRequest, ChatRequest
 from tokenrelay.auth.keys import Caller
+from tokenrelay.config import ModelConfig
 from tokenrelay.errors import (
     InvalidRequest,
     ModelNotAllowed,
     ModelNotFound,
     PermissionDenied,
+    ResumableUnavailable,
     ServiceUnavailable,
 )
 from tokenrelay.ledger.db import is_reachable
@@ -75,7 +77,12 @@ async def _admitted_caller(request: Request) -> Caller | None:
 
 
 def _stream(
-    request: Request, caller: Caller | None, model_name: str | None, body: dict[str, Any], encoder: Encoder
+    request: Request,
+    caller: Caller | None,
+    model_name: str | None,
+    body: dict[str, Any],
+    encoder: Encoder,
+    resumable: bool | None = None,
 ) -> RelayedStream:
     """The stream of one chat request (the relay admits and runs it when the response is sent)."""
     runtime: RelayRuntime = request.app.state.runtime
@@ -110,14 +117,48 @@ def _stream(
         body=body,
         router=router,
         encoder=encoder,
+        resumable=_resumable(request, runtime, model, encoder, resumable),
     )
+
+
+def _resumable(
+    request: Request, runtime: RelayRuntime, model: ModelConfig, encoder: Encoder, requested: bool | None
+) -> bool:
+    """Whether this stream is resumable: the body's ``resumable``, else ``X-Resumable``, else the
+    model's default, else the gateway's. Refused at once (503) while Redis is away, unless
+    ``cluster.resumable_fallback`` serves it as a plain stream."""
+    header = request.headers.get("x-resumable")
+    if requested is None and header is not None:
+        requested = header.strip().lower() in ("1", "true", "yes")
+    settings = runtime.settings
+    wanted = requested
+    if wanted is None:
+        wanted = model.resumable if model.resumable is not None else settings.cluster.resumable_default
+    if not wanted:
+        return False
+    if not encoder.streaming:
+        if requested:
+            raise InvalidRequest("only a streamed answer can be resumable (stream: true)", param="resumable")
+        return False
+    cluster = runtime.cluster
+    if cluster is None:
+        if requested:
+            raise InvalidRequest(
+                "this gateway has no Redis for resumable streams (cluster.redis_url)", param="resumable"
+            )
+        return False
+    if not cluster.available:
+        if settings.cluster.resumable_fallback:
+            return False
+        raise ResumableUnavailable("resumable streams need Redis, which is unavailable right now")
+    return True
 
 
 async def chat(request: Request) -> Response:
     """``POST /chat``: a chat answer as typed events (delta, usage, done, error)."""
     caller = await _admitted_caller(request)
     payload = await _parse(request, ChatRequest)
-    return _stream(request, caller, payload.model, payload.upstream_body(), ChatEvents())
+    return _stream(request, caller, payload.model, payload.upstream_body(), ChatEvents(), payload.resumable)
 
 
 async def chat_completions(request: Request) -> Response:
@@ -130,7 +171,7 @@ async def chat_completions(request: Request) -> Response:
         encoder = OpenAIChunks(public_model=payload.model, include_usage=include_usage)
     else:
         encoder = OpenAICompletion(public_model=payload.model)
-    return _stream(request, caller, payload.model, payload.upstream_body(), encoder)
+    return _stream(request, caller, payload.model, payload.upstream_body(), encoder, payload.resumable)
 
 
 # The two streaming endpoints are plain Starlette routes: FastAPI's dependency solving and
@@ -212,6 +253,11 @@ async def readyz(request: Request) -> Response:
         body["rate_limits"] = runtime.limiter.health()
     if runtime.spending is not None:
         body["budgets"] = spending_health(runtime.spending)
+    if runtime.cluster is not None:
+        # Plain streams go on without Redis; resumable ones are refused (or served plain).
+        body["cluster"] = runtime.cluster.health()
+        if status == "ready" and not runtime.cluster.available:
+            body["status"] = "degraded"
     # Informational: each deployment as this process sees it (healthy, ejected, probing).
     body["deployments"] = runtime.routing.snapshot()
     local: LocalUpstream | None = request.app.state.local_model

@@ -30,10 +30,12 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = None
+    # Survive a dropped connection (GET /v1/streams/{id}); None: the model's or gateway's default.
+    resumable: StrictBool | None = None
 
     def upstream_body(self) -> dict[str, Any]:
         """The body to send upstream (model and streaming flags are the relay's to set)."""
-        return self.model_dump(exclude_none=True, exclude={"model"})
+        return self.model_dump(exclude_none=True, exclude={"model", "resumable"})
 
 
 class StreamOptions(BaseModel):
@@ -52,6 +54,7 @@ class ChatCompletionRequest(BaseModel):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     n: int | None = None
+    resumable: StrictBool | None = None
 
     @field_validator("n")
     @classmethod
@@ -62,4 +65,6 @@ class ChatCompletionRequest(BaseModel):
 
     def upstream_body(self) -> dict[str, Any]:
         """The body to send upstream (model and streaming flags are the relay's to set)."""
-        return self.model_dump(exclude_none=True, exclude={"model", "stream", "stream_options", "n"})
+        return self.model_dump(
+            exclude_none=True, exclude={"model", "stream", "stream_options", "n", "resumable"}
+        )

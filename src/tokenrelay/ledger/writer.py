@@ -93,6 +93,9 @@ class LedgerWriter:
         self._on_finished = on_finished
         # Spending per API key (budgets): told of every batch once its usage is known.
         self.on_usage = on_usage
+        # Told of every batch once its rows are stored (database or spool): the cluster then
+        # drops the streams' leases (cluster/leases.py).
+        self.on_stored: Callable[[list[StreamRecord]], Awaitable[None]] | None = None
         self._batch_max_rows = batch_max_rows
         self._batch_max_seconds = batch_max_seconds
         self._queue: asyncio.Queue[StreamRecord | None] = asyncio.Queue()
@@ -169,6 +172,12 @@ class LedgerWriter:
                     log.exception("counting spending failed")
             if self._store is not None:
                 await self._store.store([to_row(record) for record in batch])
+            if self.on_stored is not None:
+                try:
+                    await self.on_stored(batch)
+                except Exception as exc:
+                    # The leases stay; a survivor's sweep would only find rows already written.
+                    log.warning("dropping stream leases failed", extra={"error": repr(exc)})
         except Exception:
             # A bug in our own code (the store never raises): keep the writer alive, say what was hit.
             self.batches_failed += 1

@@ -43,6 +43,11 @@ class RateLimiter(Protocol):
 WINDOW_SECONDS = 60.0
 
 
+def running_key(key_id: str) -> str:
+    """The Redis sorted set of a key's running streams (the reaper frees a dead replica's)."""
+    return f"tokenrelay:running:{key_id}"
+
+
 def _too_many(key: ApiKey, oldest: float, now: float) -> RateLimitExceeded:
     retry_after = max(1, math.ceil(oldest + WINDOW_SECONDS - now))
     return RateLimitExceeded(
@@ -142,7 +147,7 @@ class RedisRateLimiter:
                 raise _too_many(key, float(oldest), now)
         if key.max_concurrent is not None:
             admitted = await self._admit_concurrent(
-                keys=[f"tokenrelay:running:{key.id}"],
+                keys=[running_key(key.id)],
                 args=[now, now - self._longest, key.max_concurrent, stream_id],
             )
             if not int(admitted):
@@ -156,7 +161,7 @@ class RedisRateLimiter:
         if key.max_concurrent is None:
             return
         try:
-            await self._redis.zrem(f"tokenrelay:running:{key.id}", stream_id)
+            await self._redis.zrem(running_key(key.id), stream_id)
         except RedisError as exc:
             self._failed(exc)  # the entry ages out after the longest stream
 

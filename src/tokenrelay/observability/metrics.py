@@ -130,6 +130,18 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self.keepalive_pings = Counter("tokenrelay_keepalive_pings", "Keep-alive pings sent", registry=r)
+        self.stream_follows = Counter(
+            "tokenrelay_stream_follows",
+            "GET /v1/streams/{id}: resumes and extra followers of resumable streams, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.stream_followers = Gauge(
+            "tokenrelay_stream_followers",
+            "Clients following a resumable stream through GET /v1/streams/{id} now",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.ledger_spooled_rows = Gauge(
             "tokenrelay_ledger_spooled_rows",
             "Usage rows waiting in the spool for the database",
@@ -172,6 +184,12 @@ class Metrics:
     def keepalive_sent(self) -> None:
         """A keep-alive went out."""
         self.keepalive_pings.inc()
+
+    def follower(self, delta: int, outcome: str | None = None) -> None:
+        """A follower attached (+1) or left (-1, with how its follow ended)."""
+        self.stream_followers.inc(delta)
+        if outcome is not None:
+            self.stream_follows.labels(outcome).inc()
 
     def stream_finished(self, record: StreamRecord) -> None:
         """A stream's outcome, once its usage is known (called by the ledger writer)."""
@@ -253,6 +271,9 @@ class NoMetrics:
         pass
 
     def keepalive_sent(self) -> None:
+        pass
+
+    def follower(self, delta: int, outcome: str | None = None) -> None:
         pass
 
     def stream_finished(self, record: StreamRecord) -> None:

@@ -19,12 +19,16 @@ class ChatEvents:
     headers = SSE_HEADERS
     keepalive = SSE_COMMENT_PING
 
-    __slots__ = ("_seq",)
+    __slots__ = ("_numbered", "_seq")
 
-    def __init__(self) -> None:
+    def __init__(self, *, numbered: bool = True) -> None:
+        # Unnumbered: a resumable stream's ids are stamped on every protocol alike (resumable.py).
+        self._numbered = numbered
         self._seq = 0
 
     def _event(self, payload: dict[str, Any]) -> bytes:
+        if not self._numbered:
+            return b"data: %b\n\n" % orjson.dumps(payload)
         self._seq += 1
         return b"id: %d\ndata: %b\n\n" % (self._seq, orjson.dumps(payload))
 

@@ -16,7 +16,7 @@ import orjson
 from tokenrelay.errors import TokenRelayError
 from tokenrelay.events import Chunk
 from tokenrelay.protocols.base import JSON_HEADERS, SSE_COMMENT_PING, SSE_HEADERS, openai_error_response
-from tokenrelay.record import StreamRecord
+from tokenrelay.record import StreamRecord, StreamStatus
 
 
 class OpenAIChunks:
@@ -88,6 +88,16 @@ class OpenAIChunks:
 
     def encode_end(self, record: StreamRecord) -> bytes:
         tail = b""
+        if record.status is StreamStatus.STOPPED:
+            # Stopped by the user (POST /v1/streams/{id}/stop): the upstream never said finish.
+            stopped = {
+                "id": self._id or f"chatcmpl-{record.request_id}",
+                "object": "chat.completion.chunk",
+                "created": self._created or int(time.time()),
+                "model": self._model,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stopped"}],
+            }
+            tail = b"data: " + orjson.dumps(stopped) + b"\n\n"
         if self._include_usage and not self._usage_sent:
             # The upstream gave no usage (or it was estimated): still honour include_usage.
             prompt = record.prompt_tokens or 0
@@ -104,7 +114,7 @@ class OpenAIChunks:
                     "total_tokens": prompt + completion,
                 },
             }
-            tail = b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
+            tail += b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
         return tail + b"data: [DONE]\n\n"
 
     def encode_error(self, error: TokenRelayError) -> bytes:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tokenrelay.auth.keys import Authenticator
+from tokenrelay.cluster import Cluster
 from tokenrelay.config import Settings
 from tokenrelay.errors import StreamShutdown, TokenRelayError
 from tokenrelay.ledger.tokens import TokenCounter
@@ -36,6 +37,8 @@ class RelayRuntime:
     auth: Authenticator | None = None
     limiter: RateLimiter | None = None
     spending: Spending | None = None
+    # Replicas sharing Redis: leases, resumable streams, stop (None: one process alone).
+    cluster: Cluster | None = None
 
 
 class Stoppable(Protocol):

@@ -29,6 +29,10 @@ from tokenrelay.observability.metrics import Metrics, NoMetrics
 log = logging.getLogger(__name__)
 
 
+async def _nowhere(_message: Message) -> None:
+    return None
+
+
 class Sender:
     """Owns ``send``, the bytes held back before the first output, and keep-alives."""
 
@@ -151,6 +155,11 @@ class Sender:
     async def _send_now(self, message: Message) -> None:
         self.last_write_at = time.monotonic()
         await self._send(message)
+
+    def detach(self) -> None:
+        """The client left a resumable stream: from now on every write goes nowhere."""
+        self._send = _nowhere
+        self.closed = True  # no keep-alives
 
     # -- the watchdog's side -----------------------------------------------------------------
 

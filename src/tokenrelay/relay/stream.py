@@ -28,13 +28,16 @@ import logging
 import time
 from collections.abc import Awaitable, Iterable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
+from tokenrelay.cluster import Resume
 from tokenrelay.config import ModelConfig
 from tokenrelay.errors import (
     BudgetExceeded,
+    StreamAbandoned,
+    StreamShutdown,
     TokenRelayError,
     UpstreamError,
     UpstreamTimeout,
@@ -46,6 +49,7 @@ from tokenrelay.record import FOLD_EVERY, DisconnectPhase, StreamRecord, StreamS
 from tokenrelay.relay.failover import Failover
 from tokenrelay.relay.runtime import RelayRuntime
 from tokenrelay.relay.sender import Sender
+from tokenrelay.relay.stopping import StopSignal, StreamStopped
 from tokenrelay.relay.watchdog import Watchdog
 from tokenrelay.routing import ModelRouter
 from tokenrelay.upstreams import UpstreamStream
@@ -57,17 +61,6 @@ _FAIR_SHARE_SECONDS = 0.002
 # scope["extensions"] key of a callable that aborts the client's connection (see
 # api.middleware.ConnectionAbortMiddleware): how a client that stopped reading is let go.
 ABORT_CONNECTION = "tokenrelay.abort_connection"
-
-T = TypeVar("T")
-
-
-class StreamStopped(Exception):
-    """Something outside the current phase ended the stream (client, time-out, shutdown)."""
-
-    def __init__(self, status: StreamStatus, error: TokenRelayError | None) -> None:
-        super().__init__(status)
-        self.status = status
-        self.error = error
 
 
 class StreamRelay:
@@ -83,6 +76,7 @@ class StreamRelay:
         router: ModelRouter,
         encoder: Encoder,
         completion_allowance: int | None = None,
+        resume: Resume | None = None,
     ) -> None:
         self.record = record
         self._runtime = runtime
@@ -92,7 +86,7 @@ class StreamRelay:
         # Completion tokens this stream may still produce before its key's budget runs out.
         self._completion_allowance = completion_allowance
         self._loop = asyncio.get_running_loop()
-        self._stop: asyncio.Future[StreamStopped] = self._loop.create_future()
+        self._stop = StopSignal(self._loop)
         self._sender: Sender | None = None
         self._watchdog: Watchdog | None = None
         self._client_gone_at: float | None = None
@@ -100,6 +94,8 @@ class StreamRelay:
         self._counted = False
         self._scope: Scope | None = None
         self._watcher: asyncio.Task[None] | None = None
+        # Resumable: outlives its client's connection for a grace period; stoppable by id.
+        self._resume = resume
 
     # -- the lifecycle, top to bottom ------------------------------------------------------
 
@@ -127,6 +123,8 @@ class StreamRelay:
         watcher: asyncio.Task[None] | None = None
         try:
             runtime.drain.register(self)
+            if self._resume is not None:
+                self._resume.cluster.register(record.stream_id, self)
             runtime.metrics.stream_started(record.model)
             self._counted = True
             self._span = runtime.tracing.stream_span(record, scope["headers"], type(encoder).__name__)
@@ -134,8 +132,8 @@ class StreamRelay:
             watchdog.start()
             # The upstream call's span (if tracing) is a child of this stream's.
             opening = self._open() if runtime.tracing.enabled else self._open_untraced()
-            upstream, primed = await self._race(opening)
-            await self._race(self._forward(upstream, primed, sender, watchdog))
+            upstream, primed = await self._stop.race(opening)
+            await self._stop.race(self._forward(upstream, primed, sender, watchdog))
             await self._end_completed(sender)
         except StreamStopped as stop:
             await self._end_stopped(stop, sender)
@@ -277,6 +275,13 @@ class StreamRelay:
             )
             self._span.client_disconnected(str(record.disconnect_phase))
             return  # nobody is listening
+        if stop.status is StreamStatus.STOPPED:
+            # The user's Stop (from any replica): the answer so far is complete, and says so.
+            record.status, record.finish_reason = stop.status, "stopped"
+            if record.usage_source is None:
+                await asyncio.to_thread(self._runtime.counter.estimate, record)
+            await sender.finish(self._encoder.encode_end(record))
+            return
         if stop.status is StreamStatus.CLIENT_TOO_SLOW:
             record.status = stop.status
             log.info(
@@ -319,6 +324,8 @@ class StreamRelay:
         """The record's end, handed to the ledger: synchronous, so nothing can cut it short."""
         record = self.record
         self._runtime.drain.unregister(self)
+        if self._resume is not None:
+            self._close_log()
         if self._watchdog is not None:
             self._watchdog.cancel()
         if record.status is None:
@@ -328,6 +335,19 @@ class StreamRelay:
         record.finished_at = datetime.now(UTC)
         self._span.end(record)
         self._runtime.ledger.submit(record)
+
+    def _close_log(self) -> None:
+        """A resumable stream's log always ends: followers are told how, even with nobody here."""
+        assert self._resume is not None
+        self._resume.cluster.unregister(self.record.stream_id)
+        if not self._resume.log.ended:
+            status = self.record.status
+            error: TokenRelayError = (
+                StreamShutdown("the gateway is shutting down")
+                if status is None or status is StreamStatus.SHUTDOWN
+                else StreamAbandoned(f"the stream ended ({status}) with nobody following it")
+            )
+            self._encoder.encode_error(error)  # into the log only: the client is gone or told
 
     async def _release(self, watcher: asyncio.Task[None] | None, sender: Sender) -> None:
         """Close the upstream (which stops generation) and stop watching the client."""
@@ -363,29 +383,17 @@ class StreamRelay:
 
     def request_stop(self, status: StreamStatus, error: TokenRelayError | None = None) -> None:
         """End the stream from outside the running phase (first caller wins)."""
-        if not self._stop.done():
-            self._stop.set_result(StreamStopped(status, error))
-
-    async def _race(self, phase: Awaitable[T]) -> T:
-        """Run ``phase`` until it finishes or the stream is stopped; the loser is cancelled."""
-        task = asyncio.ensure_future(phase)
-        try:
-            await asyncio.wait((task, self._stop), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not task.done():
-                task.cancel()
-                # Wait for the phase to unwind (it closes what it opened) before going on.
-                await asyncio.wait((task,))
-        succeeded = task.done() and not task.cancelled() and task.exception() is None
-        if not succeeded and self._stop.done():
-            # Whatever the phase raised while being stopped is a consequence, not the cause.
-            raise self._stop.result()
-        return task.result()
+        self._stop.request(status, error)
 
     async def _watch_client(self, receive: Receive) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                if self._resume is not None and self._sender is not None:
+                    # Resumable: generation goes on into the log; a client may come back (on any
+                    # replica) within the grace period. Nobody does: the upstream is aborted.
+                    self._sender.detach()
+                    await self._resume.cluster.wait_abandoned(self.record.stream_id)
                 self._client_gone_at = time.monotonic()
                 self.request_stop(StreamStatus.CLIENT_DISCONNECTED)
                 return
