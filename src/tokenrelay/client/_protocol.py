@@ -46,10 +46,14 @@ class _EventReader:
         self._first_token_at: float | None = None
         self._usage: Usage | None = None
         self.result: ChatResult | None = None
+        # Every /chat event carries id: 1, 2, 3, ...: the count received is the last id (what a
+        # resumable stream's Last-Event-ID says).
+        self.events_seen = 0
 
     def feed(self, data: bytes) -> list[ChatEvent]:
         events: list[ChatEvent] = []
         for payload in self._decoder.feed(data):
+            self.events_seen += 1
             try:
                 event = orjson.loads(payload)
                 kind = event["type"]
@@ -107,6 +111,18 @@ def _request_body(messages: Sequence[Message], model: str | None, params: Mappin
     if model is not None:
         body["model"] = model
     return orjson.dumps(body)
+
+
+# After a dropped connection a resumable stream is resumed after these delays (then every 2 s).
+RESUME_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
+DEFAULT_RESUME_SECONDS = 30.0
+
+
+def _resume_headers(api_key: str | None, last_event_id: int) -> dict[str, str]:
+    headers = {"accept": "text/event-stream", "last-event-id": str(last_event_id)}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    return headers
 
 
 def _headers(api_key: str | None, request_id: str | None) -> dict[str, str]:
