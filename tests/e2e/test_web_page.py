@@ -8,15 +8,23 @@ npm install into a failure instead of a skip.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import http.server
+import json
 import os
 import re
 import shutil
 import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.helpers import Gateway, Sim
+from tests.helpers import Gateway, Sim, TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 BROWSER_TESTS = ROOT / "tests" / "browser"
@@ -36,8 +44,10 @@ def missing(*needs: tuple[bool, str]) -> None:
     pytest.skip(message)
 
 
-def node_test(directory: Path, env: dict[str, str], timeout: float, *files: str) -> None:
-    """Run node's test runner in ``directory`` (on ``files``, or all tests); all must pass."""
+def node_test(directory: Path, env: dict[str, str], timeout: float, *files: str) -> str:
+    """Run node's test runner in ``directory`` (on ``files``, or all tests); all must pass.
+
+    Returns the runner's report."""
     done = subprocess.run(
         ["node", "--test", "--test-reporter=spec", *files],
         cwd=directory,
@@ -49,6 +59,7 @@ def node_test(directory: Path, env: dict[str, str], timeout: float, *files: str)
     assert done.returncode == 0, f"node tests failed:\n{done.stdout}\n{done.stderr}"
     # Zero tests run is a failure too (a renamed file, a filter gone wrong).
     assert re.search(r"\bpass [1-9]", done.stdout) and re.search(r"\bfail 0\b", done.stdout), done.stdout
+    return done.stdout
 
 
 def needs_browser() -> None:
@@ -82,3 +93,86 @@ def test_chat_page_in_chromium(gateway: Gateway, sim: Sim) -> None:
 def test_js_client_unit_and_live_gateway(gateway: Gateway) -> None:
     missing((shutil.which("node") is not None, "node"))
     node_test(JS_CLIENT, {"TOKENRELAY_TEST_URL": gateway.url, "TOKENRELAY_TEST_MODEL": "fast"}, timeout=110)
+
+
+@contextlib.contextmanager
+def proxy_switch(proxy: TcpProxy) -> Iterator[str]:
+    """A loopback HTTP switch for ``proxy``: ``POST /cut`` and ``POST /restore`` (204 each).
+
+    The browser test runs in node, the proxy here: this is how node cuts the page's connections."""
+
+    class Switch(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            action = {"/cut": proxy.cut, "/restore": proxy.restore}.get(self.path)
+            if action is None:
+                self.send_error(404)
+                return
+            action()
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # quiet: pytest shows the node report
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Switch)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.timeout(180)
+def test_chat_page_resumes_and_stops_resumable_streams(
+    start_gateway: Any, redis_url: str, sim: Sim, tmp_path: Path
+) -> None:
+    """The page on a gateway with Redis: a cut connection is resumed, Stop stops on the gateway.
+
+    ``tests/browser/resume.test.mjs`` drives chromium through a :class:`TcpProxy` it cuts and
+    restores; here the rows its answers left in the ledger are checked."""
+    needs_browser()
+    gw: Gateway = start_gateway(
+        env={
+            "TOKENRELAY_CLUSTER__REDIS_URL": redis_url,
+            "TOKENRELAY_CLUSTER__NAMESPACE": f"test-{uuid.uuid4().hex[:12]}",
+            "TOKENRELAY_KEEPALIVE_SECONDS": "1",
+        }
+    )
+    assert gw.readyz()["cluster"]["state"] == "ok", "the page asks for resumable streams only then"
+    results = tmp_path / "resume-results.jsonl"
+    proxy = TcpProxy(int(gw.url.rsplit(":", 1)[1])).start()
+    try:
+        with proxy_switch(proxy) as switch_url:
+            report = node_test(
+                BROWSER_TESTS,
+                {
+                    "TOKENRELAY_RESUME_URL": f"http://127.0.0.1:{proxy.port}",
+                    "TOKENRELAY_PROXY_SWITCH": switch_url,
+                    "TOKENRELAY_SIM_URL": sim.url,
+                    "TOKENRELAY_RESULT_FILE": str(results),
+                    "ARTIFACT_DIR": str(ARTIFACT_DIR),
+                    "CHROMIUM": CHROMIUM,
+                },
+                170,
+                "resume.test.mjs",
+            )
+    finally:
+        proxy.close()
+    # The file skips itself without TOKENRELAY_RESUME_URL: make sure its tests ran here.
+    assert re.search(r"\bpass 3\b", report), report
+    ran = {entry["test"]: entry for entry in map(json.loads, results.read_text().splitlines())}
+    assert set(ran) == {"resumed", "resume_refused", "stopped"}, ran
+
+    # The resumed answer: one row, complete, although its first connection was cut.
+    rows = asyncio.run(gw.ledger_rows(ran["resumed"]["request_id"]))
+    assert [(row["status"], row["finish_reason"]) for row in rows] == [("completed", "stop")], rows
+    # The stopped one: one row that says so, and the upstream request ended (aborted).
+    stopped = ran["stopped"]["request_id"]
+    upstream = asyncio.run(sim.wait_ended(stopped))
+    assert upstream["end"] == "client_closed" and upstream["chunks_sent"] < 500, upstream
+    rows = asyncio.run(gw.ledger_rows(stopped))
+    assert len(rows) == 1 and rows[0]["status"] == "stopped" and rows[0]["finish_reason"] == "stopped", rows
+    assert rows[0]["completion_tokens"] >= 3
