@@ -60,6 +60,17 @@ from results import load, save
 from workload import FULL, QUICK
 
 
+def keep_resumable_section(path: Path, report: str) -> str:
+    """``report``, plus the section ``bench/resumable.py`` wrote into ``path`` (it measures apart)."""
+    from resumable import SECTION, with_section
+
+    old = path.read_text() if path.exists() else ""
+    if SECTION not in old:
+        return report
+    section = SECTION + old.split(SECTION, 1)[1].split("\n## ", 1)[0]
+    return with_section(report, section)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -85,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render_from:
         if args.baseline or args.save_results:
             parser.error("--render-from measures nothing: no --baseline or --save-results with it")
-        args.output.write_text(render(load(args.render_from)))
+        args.output.write_text(keep_resumable_section(args.output, render(load(args.render_from))))
         return 0
     if args.baseline:
         try:
@@ -108,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             code = 1
         else:
             log(f"saved the measurements in {args.save_results} (they render the same report)")
-    args.output.write_text(report)
+    args.output.write_text(keep_resumable_section(args.output, report))
     log(f"wrote {args.output} ({results.finished - results.started:.0f} s)")
     return code
 
