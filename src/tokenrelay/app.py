@@ -15,10 +15,9 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
-from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import Receive, Scope, Send
 
@@ -39,8 +38,6 @@ from tokenrelay.ledger.writer import LedgerWriter
 from tokenrelay.limits import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from tokenrelay.limits.budgets import MemorySpending, RedisSpending, Spending
 from tokenrelay.local.discovery import unavailable_reason
-from tokenrelay.local.supervisor import LocalModelServer
-from tokenrelay.local.upstream import LocalTokenizer, LocalUpstream
 from tokenrelay.observability.logging import configure_logging, log_stream_end
 from tokenrelay.observability.metrics import Metrics, NoMetrics
 from tokenrelay.observability.tracing import NoTracing, Tracing, otlp_tracer_provider, tracing_requested
@@ -50,6 +47,11 @@ from tokenrelay.routing import Routing
 from tokenrelay.sim.embedded import EmbeddedSim
 from tokenrelay.upstreams import Upstream, Upstreams
 from tokenrelay.web import web_routes
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from tokenrelay.local.upstream import LocalUpstream
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +268,10 @@ async def _start_local_model(
             reason = unavailable_reason(local_model_path(settings.local_model))
             log.info("no local model", extra={"reason": reason})
         return None
+    # Imported only when a model uses it: httpx and its dependencies are megabytes of memory.
+    from tokenrelay.local.supervisor import LocalModelServer
+    from tokenrelay.local.upstream import LocalTokenizer, LocalUpstream
+
     path = local_model_path(settings.local_model)
     reason = unavailable_reason(path)
     if reason is not None or path is None:

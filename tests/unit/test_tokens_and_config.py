@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import tiktoken
 
 from tokenrelay.catalog import load_settings
 from tokenrelay.config import BUILTIN_LOCAL_URL, BUILTIN_SIM_URL, MODEL_TOKENIZER
+from tokenrelay.ledger import tokens
 from tokenrelay.ledger.tokens import TokenCounter
 from tokenrelay.local.discovery import bundled_model_path, unavailable_reason
 from tokenrelay.record import StreamRecord, UsageSource
@@ -191,3 +193,21 @@ async def test_a_long_text_is_counted_in_pieces_exactly_as_whole() -> None:
     assert len(text) > 4 * 64 * 1024, "long enough to be cut into several pieces"
     assert counter.count_text(text, "cl100k_base") == len(enc.encode_ordinary(text))
     assert counter.count_text("", "cl100k_base") == 0
+
+
+async def test_the_bundled_encoding_is_loaded_on_first_use_and_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 MiB a gateway whose upstreams report usage never needs: not loaded at start-up."""
+    loaded: list[str] = []
+    real_load = tokens._load
+
+    def counting_load(name: str) -> tiktoken.Encoding:
+        loaded.append(name)
+        return real_load(name)
+
+    monkeypatch.setattr(tokens, "_load", counting_load)
+    counter = TokenCounter()
+    await counter.load(["cl100k_base"])
+    assert loaded == []
+    with ThreadPoolExecutor(8) as pool:
+        counts = list(pool.map(lambda _: counter.count_text("hello world", "cl100k_base"), range(8)))
+    assert counts == [2] * 8 and loaded == ["cl100k_base"]

@@ -10,7 +10,7 @@ import asyncio
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
@@ -34,11 +34,13 @@ from tokenrelay.errors import (
 from tokenrelay.ledger.db import is_reachable
 from tokenrelay.ledger.store import LedgerStore
 from tokenrelay.limits.budgets import spending_health
-from tokenrelay.local.upstream import LocalUpstream
 from tokenrelay.observability.metrics import CONTENT_TYPE, Metrics, NoMetrics
 from tokenrelay.protocols import ChatEvents, Encoder, OpenAIChunks, OpenAICompletion
 from tokenrelay.record import StreamRecord
 from tokenrelay.relay import RelayedStream, RelayRuntime
+
+if TYPE_CHECKING:
+    from tokenrelay.local.upstream import LocalUpstream
 
 router = APIRouter()
 

@@ -7,8 +7,11 @@ loaded through tiktoken as usual (its ``TIKTOKEN_CACHE_DIR`` cache first, then t
 when that fails the counter says so in the log once and falls back to the bundled
 ``cl100k_base``, which is within a few percent for English text.
 
-Encodings are loaded at start-up in a worker thread and counting runs in worker threads too:
-both are CPU work that must not stall the event loop.
+The bundled ``cl100k_base`` (about 40 MiB resident) is loaded the first time something is
+counted -- most gateways never count: their upstreams report usage -- under a lock, in the
+worker thread that counts. Other encodings are loaded at start-up in a worker thread (that
+is when a download may be tried, with a time-out). Counting runs in worker threads: it is CPU
+work that must not stall the event loop.
 
 A model whose ``tokenizer_encoding`` is ``"model"`` (the local model) is counted exactly, by
 its own tokenizer and chat template, through the function registered with
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -85,6 +89,8 @@ class TokenCounter:
 
     def __init__(self) -> None:
         self._encodings: dict[str, tiktoken.Encoding] = {}
+        self._bundled: tiktoken.Encoding | None = None
+        self._bundled_lock = threading.Lock()
         self._model_tokenizer: ModelTokenizer | None = None
         self._model_tokenizer_failed = False
 
@@ -93,10 +99,9 @@ class TokenCounter:
         self._model_tokenizer = count
 
     async def load(self, names: Iterable[str], *, timeout_seconds: float = 15.0) -> None:
-        """Load every named encoding (off the event loop), falling back to the bundled one."""
-        if BUNDLED_ENCODING not in self._encodings:
-            self._encodings[BUNDLED_ENCODING] = await asyncio.to_thread(_load, BUNDLED_ENCODING)
-        for name in set(names) - self._encodings.keys() - {MODEL_TOKENIZER}:
+        """Load every named encoding but the bundled one (off the event loop); one that cannot
+        be loaded is counted with the bundled one, said once in the log."""
+        for name in set(names) - self._encodings.keys() - {MODEL_TOKENIZER, BUNDLED_ENCODING}:
             try:
                 self._encodings[name] = await asyncio.wait_for(
                     asyncio.to_thread(_load, name), timeout_seconds
@@ -106,11 +111,20 @@ class TokenCounter:
                     "tokenizer encoding unavailable, estimating with the bundled one instead",
                     extra={"encoding": name, "fallback": BUNDLED_ENCODING, "error": type(exc).__name__},
                 )
-                self._encodings[name] = self._encodings[BUNDLED_ENCODING]
 
     def encoding(self, name: str) -> tiktoken.Encoding:
-        """The loaded encoding for ``name`` (the bundled one if it was never loaded)."""
-        return self._encodings.get(name) or self._encodings[BUNDLED_ENCODING]
+        """The encoding for ``name`` (the bundled one if it was not loaded). Blocking the first
+        time the bundled one is needed: call it from a worker thread, as the counters do."""
+        found = self._encodings.get(name)
+        if found is not None:
+            return found
+        bundled = self._bundled
+        if bundled is None:
+            with self._bundled_lock:
+                bundled = self._bundled
+                if bundled is None:
+                    bundled = self._bundled = _load(BUNDLED_ENCODING)
+        return bundled
 
     def count_prompt(self, messages: list[dict[str, Any]], encoding: str) -> int:
         """Prompt tokens as OpenAI counts a chat request."""
