@@ -266,6 +266,9 @@ async def test_bad_resume_requests_get_clear_errors(resumable_gateway: Gateway, 
         assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "stream_not_found"
         stop_unknown = await client.post(f"{gw.url}/v1/streams/{uuid.uuid4().hex}/stop")
         assert stop_unknown.status_code == 404
+        for odd in ("x", "A" * 32, f"{uuid.uuid4().hex}:meta", "%2e%2e"):
+            strange = await client.get(f"{gw.url}/v1/streams/{odd}")
+            assert strange.status_code == 404 and strange.json()["error"]["code"] == "stream_not_found", odd
         done = await read_stream(client, gw.url, "/chat", body("/chat", "fast", "x", resumable=True))
         bad = await client.get(f"{gw.url}/v1/streams/{done.stream_id}", headers={"last-event-id": "abc"})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "last_event_id"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 
 from starlette.requests import Request
@@ -26,6 +27,8 @@ from tokenrelay.relay import RelayRuntime
 
 log = logging.getLogger(__name__)
 
+_STREAM_ID = re.compile(r"[0-9a-f]{32}")
+
 
 async def _stream_of(request: Request) -> tuple[Cluster, str, dict[str, str]]:
     """The cluster, the stream id and its meta, if the caller may see the stream (else 404)."""
@@ -33,7 +36,8 @@ async def _stream_of(request: Request) -> tuple[Cluster, str, dict[str, str]]:
     caller = await caller_of(request)
     stream_id = request.path_params["stream_id"]
     cluster = runtime.cluster
-    if cluster is None:
+    if cluster is None or not _STREAM_ID.fullmatch(stream_id):
+        # Ids are ours (uuid4 hex): anything else names no stream, and never reaches Redis.
         raise StreamNotFound("no such stream")
     if not cluster.available:
         raise ResumableUnavailable("resumable streams need Redis, which is unavailable right now")
