@@ -33,6 +33,8 @@ async def test_a_client_that_stops_reading_is_ended_as_too_slow_with_memory_boun
     )
     for _ in range(3):  # warm up: first-use allocations are not the stream's
         assert (await post_chat(gw.url, "fast")).status_code == 200
+    # Nor is the tokenizer (40 MiB, loaded the first time usage is estimated, as this stream's is).
+    assert (await post_chat(gw.url, "nousage")).status_code == 200
     process = psutil.Process(gw.process.pid)
     rss_before = process.memory_info().rss
 

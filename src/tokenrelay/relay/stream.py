@@ -171,8 +171,7 @@ class StreamRelay:
             self._span.restore(token)
 
     def _open_untraced(self) -> Awaitable[tuple[UpstreamStream, Iterable[Chunk]]]:
-        # Attempts on the model's deployments until one gives its first output (failover.py).
-        return self._failover.open()
+        return self._failover.open()  # attempts until one gives its first output (failover.py)
 
     async def _forward(
         self, upstream: UpstreamStream, primed: Iterable[Chunk], sender: Sender, watchdog: Watchdog
@@ -278,6 +277,8 @@ class StreamRelay:
         if stop.status is StreamStatus.STOPPED:
             # The user's Stop (from any replica): the answer so far is complete, and says so.
             record.status, record.finish_reason = stop.status, "stopped"
+            with contextlib.suppress(Exception):  # _release logs a failure to close
+                await self._failover.aclose()  # the upstream stops first: counting takes a while
             if record.usage_source is None:
                 await asyncio.to_thread(self._runtime.counter.estimate, record)
             await sender.finish(self._encoder.encode_end(record))
