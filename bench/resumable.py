@@ -400,9 +400,9 @@ def main(argv: list[str] | None = None) -> int:
 SECTION = "## Resumable streams and replicas (bench/resumable.py)"
 
 
-def with_section(document: str, section: str) -> str:
-    """``document`` with its resumable-streams section replaced by ``section`` (or appended)."""
-    before, found, after = document.partition(SECTION)
+def with_section(document: str, section: str, heading: str = SECTION) -> str:
+    """``document`` with its section under ``heading`` replaced by ``section`` (or appended)."""
+    before, found, after = document.partition(heading)
     if not found:
         return (document.rstrip() + "\n\n" if document.strip() else "") + section.rstrip() + "\n"
     rest = after.split("\n## ", 1)

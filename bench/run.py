@@ -38,6 +38,11 @@ one joins the ledger-off gateway's TTFT, throughput and short-stream measurement
 interleaved or alternating rounds, the other serves only the memory test. The report gains a
 section "Against the baseline": each figure, this / baseline and a verdict, with the A/A control.
 
+Two more scripts measure apart and keep their own sections of BENCHMARKS.md (this script keeps
+them when it rewrites the file): ``bench/resumable.py`` (resumable streams and replicas: Redis,
+nginx, three gateways, a SIGKILL) and ``bench/profile.py`` (where the gateway's CPU goes, sampled
+by py-spy).
+
 The harness, by module: ``harness`` (one run: processes up, ``measure``, processes down),
 ``measure`` (the order of the measurements), ``scenarios_load`` and ``scenarios_hold`` (the
 measurements), ``loadgen`` (the load generator), ``processes``, ``baseline`` (the worktree),
@@ -61,14 +66,19 @@ from workload import FULL, QUICK
 
 
 def keep_resumable_section(path: Path, report: str) -> str:
-    """``report``, plus the section ``bench/resumable.py`` wrote into ``path`` (it measures apart)."""
-    from resumable import SECTION, with_section
+    """``report``, plus the sections ``bench/resumable.py`` and ``bench/profile.py`` wrote into
+    ``path`` (they measure apart, and keep their own sections up to date)."""
+    from profile import SECTION as PROFILE
+
+    from resumable import SECTION as RESUMABLE
+    from resumable import with_section
 
     old = path.read_text() if path.exists() else ""
-    if SECTION not in old:
-        return report
-    section = SECTION + old.split(SECTION, 1)[1].split("\n## ", 1)[0]
-    return with_section(report, section)
+    for heading in (PROFILE, RESUMABLE):
+        if heading in old:
+            section = heading + old.split(heading, 1)[1].split("\n## ", 1)[0]
+            report = with_section(report, section, heading)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
