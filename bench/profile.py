@@ -5,8 +5,9 @@
 One gateway (ledger off, as in the benchmark's gateway rows) on core 0, the simulator and the
 house load generator on core 1: ``--streams`` keep-alive connections looping paced streams
 (``pace200``: 100 tokens at 50 tokens/s, one event per upstream read) on
-``/v1/chat/completions``. py-spy samples the gateway (``--native``: time in C -- the event
-loop, sockets, orjson -- shows under the Python frame that called it) for ``--seconds``; the
+``/v1/chat/completions``. py-spy samples the gateway without pausing it (``--nonblocking``:
+time in C -- the event loop, sockets, orjson -- counts for the Python frame that called it;
+``Runner.run`` is the event loop itself) for ``--seconds``; the
 report lists the functions with the most samples of their own and the share of each layer
 (uvicorn, Starlette/FastAPI, aiohttp, the relay, the event loop), beside the gateway's CPU per
 chunk over the same window. With ``--output``, the section replaces its namesake in that file
@@ -104,7 +105,7 @@ def render(
         "",
         f"{time.strftime('%Y-%m-%d %H:%M')}; one gateway (ledger off) on core 0, {streams} connections "
         f"looping paced streams (`pace200`: one event per upstream read) on `/v1/chat/completions`, "
-        f"sampled by py-spy for {seconds:g} s ({total:,} samples, native frames included).",
+        f"sampled by py-spy for {seconds:g} s ({total:,} samples; C code counts for its Python caller).",
         "",
         f"Over the window: {chunks:,} chunks, {cpu:.2f} s of gateway CPU: "
         f"**{cpu / max(chunks, 1) * 1e6:.1f} µs per chunk** "
@@ -114,7 +115,7 @@ def render(
         "|---|---:|",
         *(f"| {name} | {n / total:.1%} |" for name, n in layers.most_common()),
         "",
-        "| function (innermost frame, Python or native) | share of samples |",
+        "| function (innermost Python frame) | share of samples |",
         "|---|---:|",
         *(f"| `{frame[:110]}` | {n / total:.1%} |" for frame, n in own.most_common(25)),
     ]
@@ -146,12 +147,14 @@ async def measure(seconds: float, streams: int, workdir: Path) -> str:
         raw = workdir / "profile.txt"
         spy = await asyncio.create_subprocess_exec(
             py_spy(), "record", "--pid", str(gateway.popen.pid), "--duration", str(int(seconds) + 2),
-            "--rate", "250", "--native", "--nonblocking", "--format", "raw", "--output", str(raw),
+            "--rate", "250", "--nonblocking", "--format", "raw", "--output", str(raw),
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
         )  # fmt: skip
         run = await throughput(target, sim.proc, streams, 2.0, seconds, "pace200")
-        await asyncio.wait_for(spy.wait(), 60)
+        _, errors = await asyncio.wait_for(spy.communicate(), 60)
+        if not raw.exists():
+            raise RuntimeError(f"py-spy wrote nothing: {errors.decode(errors='replace')[-500:]}")
         log(f"{run.events:,} chunks, {run.rate:,.0f}/s, {run.target_cpu:.2f} CPU-s")
         total, own, layers = summarize(raw)
         return render(seconds, streams, run.events, run.target_cpu, total, own, layers)
