@@ -123,6 +123,7 @@ async def follow(
     headers: dict[str, str] | None = None,
 ) -> int:
     """``GET /v1/streams/{id}`` from ``reader.last_id`` to the end; returns the HTTP status."""
+    reader.buffer = b""  # an event the old connection cut short is dropped (the SSE spec)
     sent = {"last-event-id": str(reader.last_id), **(headers or {})}
     async with client.stream("GET", f"{url}/v1/streams/{stream_id}", headers=sent) as response:
         if response.status_code != 200:

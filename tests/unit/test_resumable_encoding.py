@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import parse_events
+from tests.resuming import SseReader
+from tokenrelay.client import Delta
+from tokenrelay.client._protocol import _EventReader
 from tokenrelay.cluster.follow import events_after
 from tokenrelay.errors import UpstreamUnavailable
 from tokenrelay.events import Chunk
@@ -72,3 +75,22 @@ def test_only_streamed_protocols_can_be_resumed() -> None:
         ResumableEvents(OpenAICompletion(public_model="m"), Sink(), stream_id="x")
     for protocol in ("chat", "openai", "anthropic"):
         assert error_event(protocol, UpstreamUnavailable("x")).endswith(b"\n\n")
+
+
+def test_the_python_client_drops_an_event_cut_short_when_it_resumes() -> None:
+    """Regression: the bytes of an event the dropped connection cut in half were kept and
+    glued to the resumed stream's first event (found by the 200-stream test behind nginx)."""
+    reader = _EventReader(None, 0.0)
+    first = reader.feed(b'id: 1\ndata: {"type":"delta","text":"a"}\n\nid: 2\ndata: {"ty')
+    assert first == [Delta("a")] and reader.events_seen == 1
+    reader.restart()  # what a resume does before reading the new connection
+    resumed = reader.feed(b'id: 2\ndata: {"type":"delta","text":"b"}\n\n')
+    assert resumed == [Delta("b")] and reader.events_seen == 2
+
+
+def test_the_resuming_test_client_drops_an_event_cut_short_too() -> None:
+    reader = SseReader()
+    reader.feed(b'id: 1\ndata: {"type":"delta","text":"a"}\n\nid: 2\nda')
+    reader.buffer = b""  # as tests.resuming.follow does on a new connection
+    reader.feed(b'id: 2\ndata: {"type":"delta","text":"b"}\n\n')
+    assert [event.id for event in reader.events] == [1, 2]

@@ -75,6 +75,7 @@ class AsyncChatStream(_Stream):
                 raise error
             await self._response.aclose()
             self._response = response
+            self._reader.restart()
             self.resumes += 1
             return True
         return False  # unreachable: count() never ends

@@ -50,6 +50,11 @@ class _EventReader:
         # resumable stream's Last-Event-ID says).
         self.events_seen = 0
 
+    def restart(self) -> None:
+        """A new connection (a resumed stream): an event the old one cut short is dropped, as
+        the SSE spec says; the resumed stream sends it again whole."""
+        self._decoder = SSEDecoder()
+
     def feed(self, data: bytes) -> list[ChatEvent]:
         events: list[ChatEvent] = []
         for payload in self._decoder.feed(data):

@@ -107,6 +107,7 @@ class ChatStream(_Stream):
                 raise error
             self._response.close()
             self._response = response
+            self._reader.restart()
             self.resumes += 1
             return True
         return False  # unreachable: count() never ends
