@@ -57,6 +57,10 @@ def events_after(data: bytes, last_id: int) -> bytes:
     return b""
 
 
+# Errors a follower says on its own carry no ``id:``: the stream's next id may still be written
+# by its owner, and a client resuming after such an error must not skip that event.
+
+
 async def follow(
     redis: Redis,
     keys: Keys,
@@ -84,7 +88,7 @@ async def follow(
         reply: Any = await redis.xread({log_key: cursor}, count=500, block=int(block_seconds * 1000))
         if not reply:
             if not await redis.exists(keys.heartbeat(owner)):
-                yield _error(protocol, StreamLost("the replica running this stream is gone"))
+                yield error_event(protocol, StreamLost("the replica running this stream is gone"))
                 return
             yield IDLE
             continue
@@ -95,7 +99,7 @@ async def follow(
             data = fields.get(b"d")
             if data is not None:
                 if first and int(fields[b"f"]) > last_id + 1:
-                    out.append(_error(protocol, ResumeGap("the events after this id are gone")))
+                    out.append(error_event(protocol, ResumeGap("the events after this id are gone")))
                     yield b"".join(out)
                     return
                 top = int(fields[b"l"])
@@ -105,14 +109,8 @@ async def follow(
             first = False
             if b"e" in fields:
                 if fields.get(b"x") == b"overflow":
-                    out.append(_error(protocol, ResumeOverflow("the stream outgrew the resume buffer")))
+                    out.append(error_event(protocol, ResumeOverflow("the stream outgrew the resume buffer")))
                 yield b"".join(out)
                 return
         if out:
             yield b"".join(out)
-
-
-def _error(protocol: str, error: TokenRelayError) -> bytes:
-    """An error this follower says on its own: no ``id:``, since the stream's next id may still
-    be written by its owner (a client resuming after it must not skip that event)."""
-    return error_event(protocol, error)

@@ -55,7 +55,6 @@ class Reaper:
         self._lock_ms = max(5000, int(orphan_after_seconds * 4000))
         self._ledger = ledger
         self._counter = counter
-        self.reaped = 0
 
     async def sweep(self) -> int:
         """One look at every replica; returns the rows handed to the ledger."""
@@ -85,7 +84,6 @@ class Reaper:
                     written += 1
                 except Exception:
                     log.exception("could not reap a stream", extra={"replica": replica_id})
-        self.reaped += written
         return written
 
     async def _reap(self, entry: bytes, lease_key: str) -> None:

@@ -177,7 +177,6 @@ class LogWriter:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set whenever a round trip leaves nothing dirty
         self._task: asyncio.Task[None] | None = None
-        self.writes = 0
 
     def log_for(self, record: StreamRecord) -> StreamLog:
         return StreamLog(self, record)
@@ -223,7 +222,6 @@ class LogWriter:
             try:
                 if keys:
                     await self._append.call(keys, args)
-                    self.writes += 1
             except (RedisError, OSError) as exc:
                 # Those events are not replayable; the live client already has them.
                 self._on_error(exc)

@@ -103,7 +103,7 @@ class ResumableEvents:
             start = len(out)
             self.last_id = stamp(scratch, self.last_id, out)
             scratch.clear()
-            self._sink.add(bytes(out[start:]), self.last_id)
+            self._sink.add(bytes(memoryview(out)[start:]), self.last_id)  # one copy, not two
 
     def _final(self, data: bytes) -> bytes:
         if self._final_bytes is not None:
