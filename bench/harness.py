@@ -44,7 +44,7 @@ from processes import (
     wakeup_latency,
 )
 from results import Results
-from workload import ANTHROPIC_PREFIX, BASELINE_GATEWAYS, LEDGER_GATEWAYS, Profile
+from workload import ANTHROPIC_PREFIX, BASELINE_GATEWAYS, BASELINE_MEM, LEDGER_GATEWAYS, Profile
 
 LEDGER_OFF = {"TOKENRELAY_LEDGER__ENABLED": "false"}
 
@@ -167,6 +167,9 @@ def run(profile: Profile, keep_logs: bool = False, baseline_ref: str | None = No
             state = ledger_state(child.port)
             if state != ("ok" if name in ("gw-sqlite", "gw-pg") else "disabled"):
                 raise RuntimeError(f"{name}: ledger state {state!r}:\n{child.log.read_text()[-3000:]}")
+            if name in ("gw-mem", BASELINE_MEM):
+                # An idle gateway: imports, settings and what start-up loads, before any stream.
+                results.idle_rss_mib[name] = child.proc.memory_info().rss / 2**20
         wait_ready(tutorial, "/openapi.json", timeout=60)
         log(
             f"started: sim :{sim_port}, gateways "

@@ -22,7 +22,7 @@ import pgdb
 from loadgen import SimControl, Target
 from processes import CHILD_ENV, GATEWAY_CORE, PYTHON, ROOT, Child, log
 from results import Latency, Memory, Results
-from scenarios_hold import ABORT_PHASES, abort_latency, memory
+from scenarios_hold import ABORT_AT_ONCE, ABORT_PHASES, abort_latency, memory
 from scenarios_load import interleaved_slices, throughput, ttft_concurrent, ttft_sequential
 from scenarios_routes import protocol_throughput, routes_ttft
 from stats import ms, pct
@@ -230,7 +230,7 @@ async def measure(targets: dict[str, Target], sim: Child, results: Results, work
             if label != "tutorial":
                 await aborts(label)
         if "gw-off" in p.abort_targets:
-            await aborts("gw-off", 5)  # while other streams are being set up
+            await aborts("gw-off", min(ABORT_AT_ONCE, p.abort_samples))  # all leaving at about the same time
 
         # 12 and 13: failover's TTFT, and /v1/messages beside /v1/chat/completions (this
         # checkout's ledger-off gateway; skipped where it lacks the features).

@@ -167,6 +167,14 @@ def stop_children(children: Iterable[Child]) -> None:
             child.popen.wait(5)
 
 
+def start_simulator(workdir: Path) -> Child:
+    """The simulated upstream on the load core, ready to answer."""
+    port = free_port()
+    sim = spawn("sim", LOAD_CORE, [PYTHON, "-m", "tokenrelay", "sim", "--port", str(port)], {}, port, workdir)
+    wait_ready(sim, "/_stats")
+    return sim
+
+
 def gateway_config(sim_port: int) -> str:
     lines = ['default_model = "pace1"', ""]
     for name, options in MODELS.items():

@@ -39,6 +39,7 @@ from processes import (
     log,
     raise_nofile,
     spawn,
+    start_simulator,
     stop_children,
     wait_ready,
 )
@@ -125,17 +126,10 @@ def render(
 async def measure(seconds: float, streams: int, workdir: Path) -> str:
     children: list[Child] = []
     try:
-        sim_port, gw_port = free_port(), free_port()
-        sim = spawn(
-            "sim",
-            LOAD_CORE,
-            [PYTHON, "-m", "tokenrelay", "sim", "--port", str(sim_port)],
-            {},
-            sim_port,
-            workdir,
-        )
+        gw_port = free_port()
+        sim = start_simulator(workdir)
         children.append(sim)
-        wait_ready(sim, "/_stats")
+        sim_port = sim.port
         config = workdir / "gateway.toml"
         config.write_text(gateway_config(sim_port))
         env = {"TOKENRELAY_LEDGER__ENABLED": "false", "TOKENRELAY_LOG_LEVEL": "WARNING"}

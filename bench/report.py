@@ -19,6 +19,7 @@ from report_format import table
 from report_gateway import render_aborts, render_latency, render_memory, render_throughput, render_wakeup
 from report_ledger import render_ledger, render_rows_bench
 from report_micro import render_clients, render_local, render_metrics_overhead, render_relay_chunks
+from report_perf import render_perf_targets
 from report_routes import render_failover, render_messages, render_selection
 from report_summary import observe, render_targets
 from results import Results
@@ -108,6 +109,7 @@ def render(r: Results) -> str:
             "> **Quick run**: small samples; run `bench/run.py` without `--quick` for the numbers to quote.",
             "",
         ]
+    out += render_perf_targets(r)
     out += render_targets(r)
     out += render_baseline(r)
     out += ["## Machine", ""]

@@ -240,7 +240,7 @@ def render_aborts(r: Results) -> list[str]:
     out += [
         "The client shuts its socket down (FIN) at *t*; latency = the simulator's `ended_at` for that "
         f"request id - *t* (both `time.monotonic()`). {p.abort_samples} samples per phase, one at a time "
-        "(*Conc.* 1) and, for the gateway, 5 at a time (each new stream costs the gateway "
+        "(*Conc.* 1) and, for the gateway, 50 at a time (each new stream costs the gateway "
         "milliseconds of CPU, which delays the handling of another stream's disconnect). The client "
         "closes 20 ms after the simulator has the request (*headers*) or has sent its headers (*before "
         "first token*), after 3 content deltas at 100/s (*active*), or 30 ms into the stall after 3 "

@@ -182,6 +182,8 @@ class Results:
     # commit and packages at rendering time instead. Empty: taken at rendering (older files).
     machine: list[tuple[str, str]] = field(default_factory=list)
     baseline: Baseline | None = None
+    # RSS (MiB) of each memory-test gateway right after it answered /readyz, before any stream.
+    idle_rss_mib: dict[str, float] = field(default_factory=dict)
 
 
 def to_json(results: Results) -> str:

@@ -81,6 +81,9 @@ async def memory(
     )
 
 
+# "50 clients leaving at once" (issue 14): the concurrency of the gateway's second abort run.
+ABORT_AT_ONCE = 50
+
 ABORT_PHASES = {
     "waiting for upstream headers": "ab-headers",
     "before first token": "ab-first",

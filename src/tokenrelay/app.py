@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import Receive, Scope, Send
 
 from tokenrelay.api.errors import install_error_handlers
-from tokenrelay.api.middleware import BodyLimitMiddleware, RequestIdMiddleware, offer_connection_abort
+from tokenrelay.api.middleware import BodyLimitMiddleware, RequestIdMiddleware, offer_server_extensions
 from tokenrelay.api.routes import router, stream_routes
 from tokenrelay.api.streams import stream_control_routes
 from tokenrelay.api.usage import usage_router
@@ -187,7 +187,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
 
 
 class TokenRelayApp(FastAPI):
-    """The gateway's ASGI app: FastAPI, plus the server's connection abort offered to the relay.
+    """The gateway's ASGI app: FastAPI, plus the server's own send and abort offered to the relay.
 
     Here rather than in a middleware: Starlette's outermost middleware (its error handler)
     wraps ``send`` before any middleware of ours sees it.
@@ -195,7 +195,7 @@ class TokenRelayApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            offer_connection_abort(scope, send)
+            offer_server_extensions(scope, send)
         await super().__call__(scope, receive, send)
 
 

@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenrelay.api.errors import is_anthropic_path
 from tokenrelay.errors import BodyTooLarge
+from tokenrelay.relay.sender import WIRE_SEND
 from tokenrelay.relay.stream import ABORT_CONNECTION
 
 _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
@@ -20,8 +21,11 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def offer_connection_abort(scope: Scope, send: Send) -> None:
-    """Put the server's connection ``abort`` in ``scope["extensions"]``, where the server has one.
+def offer_server_extensions(scope: Scope, send: Send) -> None:
+    """Put the server's own ``send`` in ``scope["extensions"]``, and its connection ``abort``
+    where the server has one.
+
+    The relay writes body chunks with the unwrapped ``send`` (``relay.sender``).
 
     ASGI has no message for "abort this connection". An app that returns with its response
     unfinished gets a graceful close from uvicorn, which waits for the client to read what is
@@ -29,14 +33,15 @@ def offer_connection_abort(scope: Scope, send: Send) -> None:
     buffers held, and an error logged). uvicorn's ``send`` is a bound method of the
     connection's request cycle, which holds the transport. Called with the server's own
     ``send``, before any middleware wraps it (``app.TokenRelayApp``); under another server
-    nothing is offered and the relay simply returns.
+    no abort is offered and the relay simply returns.
     """
+    extensions = scope.get("extensions")
+    if extensions is None:
+        extensions = scope["extensions"] = {}
+    extensions[WIRE_SEND] = send
     transport = getattr(getattr(send, "__self__", None), "transport", None)
     abort = getattr(transport, "abort", None)
     if abort is not None:
-        extensions = scope.get("extensions")
-        if extensions is None:
-            extensions = scope["extensions"] = {}
         extensions[ABORT_CONNECTION] = abort
 
 

@@ -48,7 +48,7 @@ from tokenrelay.protocols import Encoder
 from tokenrelay.record import FOLD_EVERY, DisconnectPhase, StreamRecord, StreamStatus
 from tokenrelay.relay.failover import Failover
 from tokenrelay.relay.runtime import RelayRuntime
-from tokenrelay.relay.sender import Sender
+from tokenrelay.relay.sender import Sender, wire_send_of
 from tokenrelay.relay.stopping import StopSignal, StreamStopped
 from tokenrelay.relay.watchdog import Watchdog
 from tokenrelay.routing import ModelRouter
@@ -108,6 +108,7 @@ class StreamRelay:
             streaming=encoder.streaming,
             keepalive=encoder.keepalive,
             metrics=runtime.metrics,
+            wire_send=wire_send_of(scope),
         )
         settings = runtime.settings
         watchdog = self._watchdog = Watchdog(

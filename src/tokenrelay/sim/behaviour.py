@@ -84,6 +84,8 @@ class RequestStats:
     chunks_sent: int = 0
     ended_at: float | None = None
     end: str | None = None
+    # The requesting connection's port: a test counts connections by it (pooling, reuse).
+    client_port: int | None = None
 
 
 @dataclass

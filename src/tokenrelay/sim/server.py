@@ -133,6 +133,7 @@ class SimulatedUpstream:
             model=model,
             stream=stream,
             started_at=time.monotonic(),
+            client_port=scope["client"][1] if scope.get("client") else None,
         )
         self.state.requests.append(stats)
         self.state.active += 1

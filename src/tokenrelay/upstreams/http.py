@@ -27,6 +27,11 @@ from tokenrelay.sse import SSEDecoder
 from tokenrelay.upstreams.base import error_message, status_error
 
 _ERROR_BODY_LIMIT = 64 * 1024
+# After the protocol's last event, how long the body's own end (the terminating chunk) may take
+# to arrive: only a body read to its end can go back to the pool. It usually follows within a
+# millisecond; without this wait, most connections were closed and the next request paid for a
+# new one (about 1 ms of a lone stream's time to first token, BENCHMARKS.md).
+_EOF_WAIT_SECONDS = 0.2
 
 
 class HttpClient:
@@ -164,21 +169,31 @@ class HttpBody:
             self._failure = failure
             return left
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, answered: bool = False) -> None:
         """Give the connection back if the body was read to its end; otherwise close it.
 
-        Closing is what tells the upstream to stop generating: an unfinished body must never
-        go back to the pool.
+        Closing is what tells the upstream to stop generating: an unfinished answer must never
+        go back to the pool. ``answered``: the protocol's last event came, so only the body's
+        own end is missing; it is waited for (briefly) so the connection can be reused.
         """
         if self._closed:
             return
         self._closed = True
-        if self._content.at_eof():
-            self._response.release()
-        else:
-            self._response.close()
-        if self._on_close is not None:
-            self._on_close()
+        content = self._content
+        try:
+            if answered and not content.at_eof() and self._failure is None:
+                async with asyncio.timeout(_EOF_WAIT_SECONDS):
+                    while await content.readany():
+                        pass  # nothing is expected after the last event; whatever comes is dropped
+        except (TimeoutError, aiohttp.ClientError):
+            pass
+        finally:
+            if content.at_eof():
+                self._response.release()
+            else:
+                self._response.close()
+            if self._on_close is not None:
+                self._on_close()
 
 
 def _buffered(content: aiohttp.StreamReader) -> bytes:
@@ -253,4 +268,4 @@ class SseStream:
 
     async def aclose(self) -> None:
         """Close the response (aborting the answer upstream unless it was read to its end)."""
-        await self._body.aclose()
+        await self._body.aclose(answered=self.ended and self._finish_seen)

@@ -1,0 +1,163 @@
+"""Gateway CPU per chunk, this checkout against another commit, whole gateways, in one run.
+
+    .venv/bin/python bench/hot_path.py --baseline REF [--rounds 6] [--seconds 4] [--workloads paced,batched]
+    .venv/bin/python bench/hot_path.py --server granian [...]
+
+With ``--server granian`` the two gateways both run this checkout's code, one under uvicorn
+(the baseline) and one under granian (a Rust HTTP server; a dev dependency, for this
+comparison only), to see what the HTTP server's share of the cost would become.
+
+Issue 14's A/B for a change on the hot path: two gateways (ledger off), one running REF's code
+(a detached worktree), one this checkout's, both on core 0 (one at a time: the other is idle),
+the simulator and the load generator on core 1. In alternating rounds (the order rotating),
+each gateway serves the same workload for ``--seconds`` after 2 s of ramp; CPU per chunk =
+the gateway's user+system CPU over the chunks the clients received in the window. Reported:
+each round's figures, the medians and the median of the round-by-round ratios
+(this / baseline; below 1 is cheaper). Unlike ``bench/relay_chunks.py`` this includes uvicorn,
+the ASGI layers and aiohttp, which is where a change to how chunks are written shows.
+
+Workloads: *paced* (``pace200``: 200 connections looping 2-s streams at 50 tokens/s, one event
+per upstream read) and *batched* (``tput``: 32 connections, ``tokens=20000``, 64 events per read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+from pathlib import Path
+
+from baseline import add_worktree, head, remove_worktree
+from loadgen import Target
+from processes import (
+    GATEWAY_CORE,
+    PYTHON,
+    ROOT,
+    Child,
+    free_port,
+    gateway_config,
+    log,
+    raise_nofile,
+    spawn,
+    start_simulator,
+    stop_children,
+    wait_ready,
+)
+from scenarios_load import throughput
+
+WORKLOADS = {"paced": ("pace200", 200), "batched": ("tput", 32)}
+
+
+def start_gateway(name: str, src: Path, sim_port: int, workdir: Path, server: str = "uvicorn") -> Child:
+    port = free_port()
+    config = workdir / f"{name}.toml"
+    config.write_text(gateway_config(sim_port))
+    env = {"TOKENRELAY_LEDGER__ENABLED": "false", "TOKENRELAY_LOG_LEVEL": "WARNING"}
+    argv = [PYTHON, "-m", "tokenrelay", "serve", "--port", str(port), "--config", str(config)]
+    if server == "granian":
+        env["TOKENRELAY_CONFIG_FILE"] = str(config)
+        argv = [
+            str(Path(PYTHON).parent / "granian"), "--interface", "asgi", "--factory", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", "1", "--loop", "uvloop", "--log-level", "warning",
+            "tokenrelay.app:create_app_from_env",
+        ]  # fmt: skip
+    child = spawn(name, GATEWAY_CORE, argv, env, port, workdir, src=src)
+    wait_ready(child, "/healthz")
+    return child
+
+
+async def measure(
+    baseline_src: Path, rounds: int, seconds: float, workloads: list[str], workdir: Path, server: str
+) -> str:
+    children: list[Child] = []
+    try:
+        sim = start_simulator(workdir)
+        children.append(sim)
+        sim_port = sim.port
+        gateways = {
+            "baseline": start_gateway("baseline", baseline_src, sim_port, workdir),
+            "this": start_gateway("this", ROOT / "src", sim_port, workdir, server),
+        }
+        children.extend(gateways.values())
+        lines: list[str] = []
+        for workload in workloads:
+            key, streams = WORKLOADS[workload]
+            per_chunk: dict[str, list[float]] = {"baseline": [], "this": []}
+            ratios: list[float] = []
+            for round_no in range(rounds):
+                order = ["baseline", "this"] if round_no % 2 == 0 else ["this", "baseline"]
+                figures: dict[str, float] = {}
+                for name in order:
+                    child = gateways[name]
+                    target = Target(name, child.port, "v1", child.proc)
+                    run = await throughput(target, sim.proc, streams, 2.0, seconds, key)
+                    figures[name] = run.target_cpu / max(run.events, 1) * 1e6
+                    per_chunk[name].append(figures[name])
+                    log(
+                        f"{workload} round {round_no + 1} {name}: {run.events:,} chunks, "
+                        f"{figures[name]:.1f} µs/chunk, {run.errors} errors"
+                    )
+                    await asyncio.sleep(1.0)  # the aborted streams' clean-up, off the next window
+                ratios.append(figures["this"] / figures["baseline"])
+            lines.append(
+                f"| {workload} (`{key}`, {streams} connections) "
+                f"| {statistics.median(per_chunk['baseline']):.1f} "
+                f"| {statistics.median(per_chunk['this']):.1f} | x{statistics.median(ratios):.3f} "
+                f"| {', '.join(f'{r:.3f}' for r in ratios)} |"
+            )
+        return "\n".join(
+            [
+                "| workload | baseline µs per chunk (median) | this µs per chunk (median) "
+                "| this / baseline (median of rounds) | rounds |",
+                "|---|---:|---:|---:|---|",
+                *lines,
+            ]
+        )
+    finally:
+        stop_children(children)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--baseline", help="a git ref to compare against")
+    which.add_argument(
+        "--server", choices=["granian"], help="this checkout under uvicorn against this server"
+    )
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--workloads", default="paced,batched")
+    args = parser.parse_args(argv)
+    workloads = [w for w in args.workloads.split(",") if w]
+    unknown = set(workloads) - WORKLOADS.keys()
+    if unknown:
+        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    raise_nofile()
+    with tempfile.TemporaryDirectory(prefix="tokenrelay-hotpath-") as scratch:
+        workdir = Path(scratch)
+        if args.server:
+            table = asyncio.run(
+                measure(ROOT / "src", args.rounds, args.seconds, workloads, workdir, args.server)
+            )
+            print(f"\nbaseline: this checkout ({head()}) under uvicorn; this: the same under {args.server}\n")
+            print(table)
+            return 0
+        worktree = workdir / "baseline-tree"
+        baseline = add_worktree(args.baseline, worktree)
+        try:
+            table = asyncio.run(
+                measure(worktree / "src", args.rounds, args.seconds, workloads, workdir, "uvicorn")
+            )
+        finally:
+            remove_worktree(worktree)
+    dirty = " (with uncommitted changes)" if baseline.this_dirty else ""
+    print(f"\nbaseline {baseline.commit} ({baseline.subject}); this: {head()}{dirty}\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
