@@ -277,6 +277,10 @@ class SimControl:
     def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
         self.session = session
         self.base = f"http://127.0.0.1:{port}"
+        # The read of /_stats in flight, shared by every waiter: 50 clients each polling the
+        # simulator every 2 ms kept it too busy to notice closed connections promptly, which
+        # showed as abort latency that was the harness's own.
+        self._polling: asyncio.Future[dict[str, Any]] | None = None
 
     async def stats(self) -> dict[str, Any]:
         async with self.session.get(f"{self.base}/_stats", timeout=aiohttp.ClientTimeout(total=10)) as r:
@@ -286,11 +290,17 @@ class SimControl:
         async with self.session.post(f"{self.base}/_stats/reset", timeout=aiohttp.ClientTimeout(total=10)):
             pass
 
+    async def shared_stats(self) -> dict[str, Any]:
+        """``stats()``, but one read at a time however many callers ask at once."""
+        if self._polling is None or self._polling.done():
+            self._polling = asyncio.ensure_future(self.stats())
+        return await asyncio.shield(self._polling)
+
     async def wait_seen(self, request_id: str, what: str, within: float) -> bool:
         """Wait until the simulator's record of ``request_id`` has ``what`` set."""
         deadline = clock() + within
         while clock() < deadline:
-            for entry in (await self.stats())["requests"]:
+            for entry in (await self.shared_stats())["requests"]:
                 if entry["request_id"] == request_id and entry[what] is not None:
                     return True
             await asyncio.sleep(0.002)

@@ -230,7 +230,10 @@ async def measure(targets: dict[str, Target], sim: Child, results: Results, work
             if label != "tutorial":
                 await aborts(label)
         if "gw-off" in p.abort_targets:
-            await aborts("gw-off", min(ABORT_AT_ONCE, p.abort_samples))  # all leaving at about the same time
+            at_once = min(ABORT_AT_ONCE, p.abort_samples)
+            await aborts("gw-off", at_once)  # all leaving at about the same time
+            if "direct" in p.abort_targets:
+                await aborts("direct", at_once)  # the floor: the simulator noticing as many at once
 
         # 12 and 13: failover's TTFT, and /v1/messages beside /v1/chat/completions (this
         # checkout's ledger-off gateway; skipped where it lacks the features).

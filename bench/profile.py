@@ -112,9 +112,16 @@ def render(
         f"**{cpu / max(chunks, 1) * 1e6:.1f} µs per chunk** "
         f"({chunks / max(cpu, 1e-9):,.0f} chunks per CPU-second).",
         "",
-        "| layer (innermost Python frame) | share of samples |",
-        "|---|---:|",
-        *(f"| {name} | {n / total:.1%} |" for name, n in layers.most_common()),
+        "Per layer, *µs per chunk* is its share of the samples times the CPU per chunk: what each "
+        "layer that remains on the hot path costs a chunk (per-stream work, such as routing a "
+        "request, is spread over the stream's 100 chunks).",
+        "",
+        "| layer (innermost Python frame) | share of samples | µs per chunk |",
+        "|---|---:|---:|",
+        *(
+            f"| {name} | {n / total:.1%} | {n / total * cpu / max(chunks, 1) * 1e6:.1f} |"
+            for name, n in layers.most_common()
+        ),
         "",
         "| function (innermost Python frame) | share of samples |",
         "|---|---:|",

@@ -240,8 +240,9 @@ def render_aborts(r: Results) -> list[str]:
     out += [
         "The client shuts its socket down (FIN) at *t*; latency = the simulator's `ended_at` for that "
         f"request id - *t* (both `time.monotonic()`). {p.abort_samples} samples per phase, one at a time "
-        "(*Conc.* 1) and, for the gateway, 50 at a time (each new stream costs the gateway "
-        "milliseconds of CPU, which delays the handling of another stream's disconnect). The client "
+        "(*Conc.* 1) and 50 at a time (each new stream costs the gateway milliseconds of CPU, which "
+        "delays the handling of another stream's disconnect; the waiters share one read of the "
+        "simulator's `/_stats` at a time, so that polling does not keep it from noticing). The client "
         "closes 20 ms after the simulator has the request (*headers*) or has sent its headers (*before "
         "first token*), after 3 content deltas at 100/s (*active*), or 30 ms into the stall after 3 "
         "deltas (*stalled*). "

@@ -66,15 +66,17 @@ from workload import FULL, QUICK
 
 
 def keep_resumable_section(path: Path, report: str) -> str:
-    """``report``, plus the sections ``bench/resumable.py`` and ``bench/profile.py`` wrote into
-    ``path`` (they measure apart, and keep their own sections up to date)."""
+    """``report``, plus the sections ``bench/resumable.py``, ``bench/profile.py`` and
+    ``bench/memory_profile.py`` wrote into ``path`` (they measure apart, and keep their own
+    sections up to date)."""
     from profile import SECTION as PROFILE
 
+    from memory_profile import SECTION as MEMORY
     from resumable import SECTION as RESUMABLE
     from resumable import with_section
 
     old = path.read_text() if path.exists() else ""
-    for heading in (PROFILE, RESUMABLE):
+    for heading in (PROFILE, MEMORY, RESUMABLE):
         if heading in old:
             section = heading + old.split(heading, 1)[1].split("\n## ", 1)[0]
             report = with_section(report, section, heading)
