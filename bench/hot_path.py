@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -49,6 +51,8 @@ from processes import (
 )
 from scenarios_load import throughput
 
+BASELINE_SECTION = "## This checkout against an earlier commit, whole gateways (bench/hot_path.py)"
+SERVER_SECTION = "## uvicorn against granian, the same gateway (bench/hot_path.py --server granian)"
 WORKLOADS = {"paced": ("pace200", 200), "batched": ("tput", 32)}
 
 
@@ -142,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--workloads", default="paced,batched")
+    parser.add_argument("--output", type=Path, help="replace (or append) this run's section in the file")
     args = parser.parse_args(argv)
     workloads = [w for w in args.workloads.split(",") if w]
     unknown = set(workloads) - WORKLOADS.keys()
@@ -154,9 +159,13 @@ def main(argv: list[str] | None = None) -> int:
             table = asyncio.run(
                 measure(ROOT / "src", args.rounds, args.seconds, workloads, workdir, args.server)
             )
-            print(f"\nbaseline: this checkout ({head()}) under uvicorn; this: the same under {args.server}\n")
-            print(table)
-            return 0
+            intro = (
+                f"{time.strftime('%Y-%m-%d %H:%M')}, commit {head()}: the same gateway under uvicorn "
+                f"(*baseline*) and under granian {importlib.metadata.version('granian')} (*this*, ASGI "
+                "interface, uvloop, one worker), alternating rounds of 4 s; CPU of the process that "
+                "serves (granian's worker)."
+            )
+            return emit(SERVER_SECTION, intro, table, args.output)
         worktree = workdir / "baseline-tree"
         baseline = add_worktree(args.baseline, worktree)
         try:
@@ -166,8 +175,22 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             remove_worktree(worktree)
     dirty = " (with uncommitted changes)" if baseline.this_dirty else ""
-    print(f"\nbaseline {baseline.commit} ({baseline.subject}); this: {head()}{dirty}\n")
-    print(table)
+    intro = (
+        f"{time.strftime('%Y-%m-%d %H:%M')}: *baseline* {baseline.commit} ({baseline.subject[:80]}), "
+        f"*this* {head()}{dirty}; alternating rounds of 4 s, the order rotating; ledger off."
+    )
+    return emit(BASELINE_SECTION, intro, table, args.output)
+
+
+def emit(heading: str, intro: str, table: str, output: Path | None) -> int:
+    """Print the section; with ``output``, also put it in that file."""
+    section = f"{heading}\n\n{intro}\n\n{table}\n"
+    print(section)
+    if output is not None:
+        from resumable import with_section
+
+        text = output.read_text() if output.exists() else ""
+        output.write_text(with_section(text, section, heading))
     return 0
 
 

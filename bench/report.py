@@ -148,6 +148,12 @@ def render(r: Results) -> str:
         ".venv/bin/python bench/metrics_overhead.py  # section 9 alone (its own simulator and gateways)",
         ".venv/bin/python bench/relay_chunks.py --baseline REF  # section 10 alone",
         ".venv/bin/python bench/selection_overhead.py  # section 11 alone",
+        "# their own sections, which bench/run.py keeps:",
+        ".venv/bin/python bench/profile.py --output BENCHMARKS.md         # where the CPU goes (py-spy)",
+        ".venv/bin/python bench/memory_profile.py --output BENCHMARKS.md  # where the memory goes",
+        ".venv/bin/python bench/hot_path.py --baseline REF --output BENCHMARKS.md  # whole-gateway A/B",
+        ".venv/bin/python bench/hot_path.py --server granian --output BENCHMARKS.md",
+        ".venv/bin/python bench/resumable.py --output BENCHMARKS.md       # resumable streams, replicas",
         "```",
         "",
         "Needs `taskset` and at least 2 cores; binds only 127.0.0.1; PostgreSQL at "

@@ -71,12 +71,13 @@ def keep_resumable_section(path: Path, report: str) -> str:
     sections up to date)."""
     from profile import SECTION as PROFILE
 
+    from hot_path import BASELINE_SECTION, SERVER_SECTION
     from memory_profile import SECTION as MEMORY
     from resumable import SECTION as RESUMABLE
     from resumable import with_section
 
     old = path.read_text() if path.exists() else ""
-    for heading in (PROFILE, MEMORY, RESUMABLE):
+    for heading in (PROFILE, MEMORY, BASELINE_SECTION, SERVER_SECTION, RESUMABLE):
         if heading in old:
             section = heading + old.split(heading, 1)[1].split("\n## ", 1)[0]
             report = with_section(report, section, heading)
