@@ -66,18 +66,19 @@ from workload import FULL, QUICK
 
 
 def keep_resumable_section(path: Path, report: str) -> str:
-    """``report``, plus the sections ``bench/resumable.py``, ``bench/profile.py`` and
-    ``bench/memory_profile.py`` wrote into ``path`` (they measure apart, and keep their own
-    sections up to date)."""
+    """``report``, plus the sections other scripts wrote into ``path`` (``bench/resumable.py``,
+    ``profile.py``, ``memory_profile.py``, ``hot_path.py``: they measure apart and keep their
+    own sections up to date) and the hand-written analysis of the performance targets."""
     from profile import SECTION as PROFILE
 
     from hot_path import BASELINE_SECTION, SERVER_SECTION
     from memory_profile import SECTION as MEMORY
+    from report_perf import ANALYSIS_SECTION
     from resumable import SECTION as RESUMABLE
     from resumable import with_section
 
     old = path.read_text() if path.exists() else ""
-    for heading in (PROFILE, MEMORY, BASELINE_SECTION, SERVER_SECTION, RESUMABLE):
+    for heading in (ANALYSIS_SECTION, PROFILE, MEMORY, BASELINE_SECTION, SERVER_SECTION, RESUMABLE):
         if heading in old:
             section = heading + old.split(heading, 1)[1].split("\n## ", 1)[0]
             report = with_section(report, section, heading)
