@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import Receive, Scope, Send
 
+from tokenrelay.api.admin import admin_router
 from tokenrelay.api.errors import install_error_handlers
 from tokenrelay.api.middleware import BodyLimitMiddleware, RequestIdMiddleware, offer_server_extensions
 from tokenrelay.api.routes import router, stream_routes
@@ -40,6 +41,7 @@ from tokenrelay.limits.budgets import MemorySpending, RedisSpending, Spending
 from tokenrelay.local.discovery import unavailable_reason
 from tokenrelay.observability.logging import configure_logging, log_stream_end
 from tokenrelay.observability.metrics import Metrics, NoMetrics
+from tokenrelay.observability.summary import start_stream_rate
 from tokenrelay.observability.tracing import NoTracing, Tracing, otlp_tracer_provider, tracing_requested
 from tokenrelay.record import StreamRecord
 from tokenrelay.relay import DrainCoordinator, RelayRuntime
@@ -77,6 +79,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
 
             metrics = Metrics() if settings.metrics_enabled else NoMetrics()
             stack.callback(metrics.close)
+            app.state.stream_rate = start_stream_rate(metrics, stack)
 
             tracing: Tracing | NoTracing = NoTracing()
             if tracer_provider is not None or tracing_requested():
@@ -178,6 +181,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     app.router.routes.extend(stream_control_routes)
     app.include_router(router)
     app.include_router(usage_router)
+    app.include_router(admin_router)
     if settings.web_page:
         app.router.routes.extend(web_routes())
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)

@@ -8,7 +8,6 @@ Prometheus's ``histogram_quantile`` does.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
+
+from tokenrelay.observability.summary import quantile
 
 Labels = frozenset[tuple[str, str]]
 
@@ -62,23 +63,6 @@ def scrape(url: str, client: httpx.Client) -> Scrape:
         for sample in family.samples:
             result.samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return result
-
-
-def quantile(q: float, buckets: dict[float, float]) -> float | None:
-    """The ``q`` quantile of cumulative ``buckets`` (upper bound → count), or None if empty."""
-    bounds = sorted(buckets)
-    if not bounds or buckets[bounds[-1]] <= 0:
-        return None
-    rank = q * buckets[bounds[-1]]
-    lower, below = 0.0, 0.0
-    for bound in bounds:
-        count = buckets[bound]
-        if count >= rank:
-            if math.isinf(bound):
-                return lower  # beyond the last finite bucket: its bound is all we know
-            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
-        lower, below = bound, count
-    return lower
 
 
 def _rate(now: dict[str, float], before: dict[str, float], model: str, seconds: float) -> float:

@@ -23,7 +23,15 @@ import orjson
 import pytest
 import tiktoken
 
-from tests.helpers import Gateway, closed_port, new_request_id, open_raw_stream, parse_events
+from tests.helpers import (
+    Gateway,
+    closed_port,
+    launch_gateway,
+    model_table,
+    new_request_id,
+    open_raw_stream,
+    parse_events,
+)
 
 ADMIN_KEY = "admin-" + "x" * 40
 AUTH_ENV = {
@@ -438,3 +446,101 @@ async def test_a_long_prompt_is_counted_for_the_budget_off_the_event_loop(
     assert worst_gap < tokenizing_seconds / 2, (
         f"a paced stream stalled {worst_gap * 1000:.0f} ms; tokenizing takes {tokenizing_seconds * 1000:.0f}"
     )
+
+
+# -- the admin API: the admin key and nothing else -------------------------------------------
+
+# Every /v1/admin/* route and method (a test below checks this list against the app's routes).
+ADMIN_ROUTES = [
+    ("GET", "/v1/admin/keys"),
+    ("POST", "/v1/admin/keys"),
+    ("PATCH", "/v1/admin/keys/{key_id}"),
+    ("POST", "/v1/admin/keys/{key_id}/revoke"),
+    ("GET", "/v1/admin/summary"),
+]
+
+
+@pytest.fixture(scope="module")
+def admin_gateways(sim: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Three gateways: auth with an admin key (and a key that is not it), auth without an
+    admin key, and auth off; plus an existing key's id."""
+    tmp = tmp_path_factory.mktemp("admin-auth")
+    started = {
+        "auth": launch_gateway(
+            tmp,
+            config=model_table(sim.base_url),
+            database_url=f"sqlite+aiosqlite:///{tmp / 'a.db'}",
+            env=AUTH_ENV,
+        ),
+        "no admin key": launch_gateway(
+            tmp,
+            config=model_table(sim.base_url),
+            database_url=f"sqlite+aiosqlite:///{tmp / 'b.db'}",
+            env={k: v for k, v in AUTH_ENV.items() if k != "TOKENRELAY_AUTH__ADMIN_KEY"},
+        ),
+        "auth off": launch_gateway(
+            tmp,
+            config=model_table(sim.base_url),
+            database_url=f"sqlite+aiosqlite:///{tmp / 'c.db'}",
+            env={"TOKENRELAY_AUTH__ENABLED": "false"},
+        ),
+    }
+    created = httpx.post(
+        f"{started['auth'].url}/v1/admin/keys",
+        json={"name": "not the admin"},
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=10,
+    )
+    assert created.status_code == 201, created.text
+    yield {**started, "user": created.json()["secret"], "key_id": created.json()["id"]}
+    for gw in started.values():
+        gw.stop()
+
+
+def _admin_request(url: str, method: str, path: str, key_id: str, headers: dict[str, str]) -> httpx.Response:
+    # A body that would change something if it got through, and one that is not even JSON:
+    # either way the caller is checked first.
+    return httpx.request(
+        method,
+        url + path.format(key_id=key_id),
+        content=b'{"name": "taken over", "rpm": 1}' if method != "GET" else None,
+        headers=headers,
+        timeout=10,
+    )
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
+def test_every_admin_route_needs_the_admin_key(
+    admin_gateways: dict[str, Any], method: str, path: str
+) -> None:
+    gw: Gateway = admin_gateways["auth"]
+    key_id, user = admin_gateways["key_id"], admin_gateways["user"]
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": f"Basic {ADMIN_KEY}"}):
+        assert_refused(_admin_request(gw.url, method, path, key_id, headers), 401, "invalid_api_key")
+    for headers in ({"authorization": f"Bearer {user}"}, {"x-api-key": user}):
+        assert_refused(_admin_request(gw.url, method, path, key_id, headers), 403, "permission_denied")
+    garbage = httpx.request(method, gw.url + path.format(key_id=key_id), content=b"{not json", timeout=10)
+    assert_refused(garbage, 401, "invalid_api_key")
+    for off in ("no admin key", "auth off"):
+        for headers in ({}, {"authorization": f"Bearer {ADMIN_KEY}"}, {"authorization": f"Bearer {user}"}):
+            response = _admin_request(admin_gateways[off].url, method, path, key_id, headers)
+            assert_refused(response, 403, "admin_key_required")
+    # Nothing was changed by any of the refused requests.
+    listed = httpx.get(
+        f"{gw.url}/v1/admin/keys", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10
+    ).json()["data"]
+    assert [(k["id"], k["name"], k["rpm"], k["state"]) for k in listed] == [
+        (key_id, "not the admin", None, "active")
+    ]
+
+
+def test_the_admin_route_list_is_complete(admin_gateways: dict[str, Any]) -> None:
+    """A new admin route must be added to ADMIN_ROUTES (and so to the test above)."""
+    schema = httpx.get(f"{admin_gateways['auth'].url}/openapi.json", timeout=10).json()
+    served = {
+        (method.upper(), path)
+        for path, operations in schema["paths"].items()
+        if path.startswith("/v1/admin")
+        for method in operations
+    }
+    assert served == set(ADMIN_ROUTES)

@@ -53,6 +53,19 @@ async def test_one_row_per_stream(any_gateway: Gateway, model: str, status: str,
         assert row["chunk_count"] >= 20 and row["finish_reason"] == "stop"
 
 
+async def test_the_chat_usage_event_carries_the_cost_the_ledger_records(gateway: Gateway) -> None:
+    rid = new_request_id()
+    events = parse_events((await post_chat(gateway.url, "priced", rid)).content)
+    usage = next(e for e in events if e["type"] == "usage")
+    # "priced": $1,000 per million prompt tokens, $2,000 per million completion tokens.
+    expected = (usage["prompt_tokens"] * 1000.0 + usage["completion_tokens"] * 2000.0) / 1e6
+    assert usage["cost_usd"] == pytest.approx(expected) and expected > 0
+    (row,) = await gateway.ledger_rows(rid)
+    assert row["cost_usd"] == pytest.approx(usage["cost_usd"])
+    unpriced = parse_events((await post_chat(gateway.url, "fast", new_request_id())).content)
+    assert "cost_usd" not in next(e for e in unpriced if e["type"] == "usage")
+
+
 async def test_one_row_after_client_disconnect(any_gateway: Gateway, sim: Sim) -> None:
     rid = new_request_id()
     body = orjson.dumps({"model": "slow", "messages": [{"role": "user", "content": "go"}]})

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import Gateway, Sim, closed_port, new_request_id, open_raw_stream, wait_until
 from tests.helpers import chat_body as body
-from tokenrelay.top import quantile
+from tokenrelay.observability.summary import quantile
 
 COMPLETED, BEFORE_FIRST_TOKEN, MID_STREAM = 4, 2, 3
 FAILURES = {

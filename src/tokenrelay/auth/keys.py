@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -28,6 +29,10 @@ KEY_FORMAT = re.compile(r"^(trk_[0-9a-f]{8})_[A-Za-z0-9_-]{43}$")
 # A key anywhere in a string (a client that put it in the wrong header, say).
 _KEY_INSIDE = re.compile(r"trk_[0-9a-f]{8}_[A-Za-z0-9_-]{16}")
 _DUMMY_DIGEST = hashlib.sha256(b"no key has this prefix").hexdigest()
+# What an admin may change on a key after creating it (never its secret, prefix or id).
+UPDATABLE = frozenset(
+    {"name", "budget_tokens", "budget_usd", "rpm", "max_concurrent", "models", "expires_at"}
+)
 
 
 def new_key() -> tuple[str, str]:
@@ -73,6 +78,12 @@ class ApiKey:
     def usable(self, now: datetime) -> bool:
         """Neither revoked nor expired."""
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+    def state(self, now: datetime) -> str:
+        """``active``, ``revoked`` or ``expired`` (revoked wins: it was someone's decision)."""
+        if self.revoked_at is not None:
+            return "revoked"
+        return "active" if self.usable(now) else "expired"
 
     def allows(self, model: str) -> bool:
         """Whether the key may use ``model``."""
@@ -144,6 +155,46 @@ class KeyStore:
             rows = (await session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at))).all()
         return [ApiKey.from_row(row) for row in rows]
 
+    async def newest_first(self) -> list[ApiKey]:
+        """Every key, newest first (the admin API's list)."""
+        async with self._sessions() as session:
+            query = select(ApiKeyRow).order_by(ApiKeyRow.created_at.desc(), ApiKeyRow.id)
+            rows = (await session.scalars(query)).all()
+        return [ApiKey.from_row(row) for row in rows]
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        """The key with this id, if any."""
+        async with self._sessions() as session:
+            row = await session.get(ApiKeyRow, key_id)
+        return ApiKey.from_row(row) if row is not None else None
+
+    async def update(self, key_id: str, changes: dict[str, Any]) -> ApiKey | None:
+        """Set some of a key's name, limits, models and expiry (None clears a limit); None if
+        there is no such key. ``models`` is a list of names, or None for every model."""
+        unknown = set(changes) - UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        async with self._sessions() as session, session.begin():
+            row = await session.get(ApiKeyRow, key_id, with_for_update=True)
+            if row is None:
+                return None
+            for field, value in changes.items():
+                if field == "models":
+                    value = ",".join(value) if value else None
+                setattr(row, field, value)
+        return ApiKey.from_row(row)
+
+    async def revoke_id(self, key_id: str) -> ApiKey | None:
+        """Revoke the key with this id (a revoked key keeps its first revocation time); None if
+        there is no such key."""
+        async with self._sessions() as session, session.begin():
+            row = await session.get(ApiKeyRow, key_id, with_for_update=True)
+            if row is None:
+                return None
+            if row.revoked_at is None:
+                row.revoked_at = datetime.now(UTC)
+        return ApiKey.from_row(row)
+
     async def revoke(self, id_or_prefix: str) -> bool:
         """Revoke a key by id or prefix; False if there is no such key."""
         async with self._sessions() as session, session.begin():
@@ -188,6 +239,16 @@ class Authenticator:
         self._admin_digest = digest(admin_key) if admin_key else None
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+
+    @property
+    def store(self) -> KeyStore:
+        """Where the keys live (the admin API changes them there)."""
+        return self._store
+
+    def forget(self, prefix: str) -> None:
+        """Drop a cached lookup: a key changed here takes effect here at once (other replicas
+        within ``cache_seconds``)."""
+        self._cache.pop(prefix, None)
 
     async def authenticate(self, authorization: str | None) -> Caller:
         """The caller, or :class:`AuthenticationFailed` (the same for every kind of wrong key)."""

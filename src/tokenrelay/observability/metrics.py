@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.metrics_core import Metric
 
 from tokenrelay.record import StreamRecord, StreamStatus
 
@@ -245,13 +246,22 @@ class Metrics:
 
     # -- exposition ----------------------------------------------------------------------------
 
-    def exposition(self) -> bytes:
-        """The text format, summed over all workers in multiprocess mode (blocking file reads)."""
+    def _readable(self) -> CollectorRegistry:
+        """This registry, or in multiprocess mode one summing every worker's files."""
         if self.multiprocess_dir is None:
-            return generate_latest(self.registry)
+            return self.registry
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
+        return registry
+
+    def exposition(self) -> bytes:
+        """The text format, summed over all workers in multiprocess mode (blocking file reads)."""
+        return generate_latest(self._readable())
+
+    def families(self) -> list[Metric]:
+        """The same values as :meth:`exposition`, as metric families with their samples (read
+        only; blocking file reads in multiprocess mode)."""
+        return list(self._readable().collect())
 
     def close(self) -> None:
         """This worker is going away: its live gauges stop counting."""

@@ -47,6 +47,9 @@ class ChatEvents:
             "total_tokens": prompt + completion,
             "source": str(record.usage_source),
         }
+        cost = record.cost_usd
+        if cost is not None:  # a priced model: what the ledger will record for this stream
+            usage["cost_usd"] = cost
         return self._event(usage) + self._event({"type": "done", "finish_reason": record.finish_reason})
 
     def encode_error(self, error: TokenRelayError) -> bytes:
