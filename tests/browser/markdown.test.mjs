@@ -1,53 +1,88 @@
-// The page's Markdown parser, without a browser (the DOM side is tested in chat_page.test.mjs).
+// The page's Markdown module without a browser: the configured markdown-it (no HTML, safe
+// links only), where a streamed answer's blocks become final, how much of a growing
+// paragraph is final, and highlight.js's token tree. The DOM side (rendering, streaming at
+// every length, hostile answers in the page) is tested in chat_page.test.mjs.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { parseInline, parseMarkdown } from "../../src/tokenrelay/web/static/markdown.js";
+import { finishedLines, highlightTree, isSafeUrl, md, stableCut } from "../../src/tokenrelay/web/static/markdown.js";
 
-test("blocks: headings, lists, quotes, code fences, paragraphs with line breaks", () => {
-  const blocks = parseMarkdown("# Title\n\n- a\n- b\n\n1. one\n2) two\n\n> said\n\n```py\nx = 1\n```\nline 1\nline 2");
-  assert.deepEqual(
-    blocks.map((b) => b.kind),
-    ["heading", "list", "list", "quote", "code", "paragraph"],
-  );
-  assert.deepEqual(blocks[1], { kind: "list", ordered: false, items: [[{ kind: "text", text: "a" }], [{ kind: "text", text: "b" }]] });
-  assert.equal(blocks[2].kind === "list" && blocks[2].ordered, true);
-  assert.deepEqual(blocks[4], { kind: "code", lang: "py", text: "x = 1" });
-  assert.equal(blocks[5].kind === "paragraph" && blocks[5].lines.length, 2);
-});
+/** @param {string} source */
+const inline = (source) => md.parseInline(source, {})[0].children ?? [];
 
-test("an unclosed fence while tokens still arrive is code up to the end", () => {
-  assert.deepEqual(parseMarkdown("```\nlet a = '<b>'"), [{ kind: "code", lang: "", text: "let a = '<b>'" }]);
-});
-
-test("inline: code, bold, italic, links", () => {
-  assert.deepEqual(parseInline("a `x*y*` **b** *c* [d](https://e.org/f)"), [
-    { kind: "text", text: "a " },
-    { kind: "code", text: "x*y*" },
-    { kind: "text", text: " " },
-    { kind: "strong", children: [{ kind: "text", text: "b" }] },
-    { kind: "text", text: " " },
-    { kind: "em", children: [{ kind: "text", text: "c" }] },
-    { kind: "text", text: " " },
-    { kind: "link", href: "https://e.org/f", children: [{ kind: "text", text: "d" }] },
-  ]);
-});
-
-test("links to anything but http(s) and mailto stay text", () => {
-  for (const href of ["javascript:alert(1)", "JAVASCRIPT:alert(1)", "data:text/html,x", "vbscript:x", "//evil.example"]) {
-    const spans = parseInline(`[x](${href})`);
-    assert.ok(spans.every((s) => s.kind === "text"), href);
-    assert.equal(spans.map((s) => (s.kind === "text" ? s.text : "")).join(""), `[x](${href})`);
+test("HTML in an answer is text to the parser: no html token, the source kept", () => {
+  const source = "<img src=x onerror=alert(1)>\n\n<script>alert(1)</script> and <b onclick=x>b</b>\n\n<div>\nblock\n</div>";
+  const tokens = md.parse(source, {});
+  const all = tokens.flatMap((t) => [t, ...(t.children ?? [])]);
+  assert.deepEqual(all.filter((t) => t.type.startsWith("html")), []);
+  const text = all.filter((t) => t.type === "text").map((t) => t.content).join("");
+  for (const piece of ["<img src=x onerror=alert(1)>", "<script>alert(1)</script>", "<b onclick=x>b</b>", "<div>"]) {
+    assert.ok(text.includes(piece), piece);
   }
 });
 
-test("underscores inside words are not emphasis", () => {
-  assert.deepEqual(parseInline("my__snake__case"), [{ kind: "text", text: "my__snake__case" }]);
-  assert.deepEqual(parseInline("a __b__ c")[1], { kind: "strong", children: [{ kind: "text", text: "b" }] });
+test("links to anything but http(s) and mailto stay text", () => {
+  for (const href of ["javascript:alert(1)", "JAVASCRIPT:alert(1)", " javascript:x", "data:text/html,x", "vbscript:x",
+    "file:///etc/passwd", "//evil.example", "/relative", "#frag", "data:image/svg+xml;base64,PHN2Zz4="]) {
+    const tokens = inline(`[x](${href})`);
+    assert.ok(tokens.every((t) => t.type === "text"), href);
+    assert.equal(tokens.map((t) => t.content).join(""), `[x](${href})`);
+  }
+  assert.equal(inline("<javascript:alert(1)>").some((t) => t.type === "link_open"), false, "autolink");
+  assert.equal(inline("javascript:alert(1)").some((t) => t.type === "link_open"), false, "bare text");
 });
 
-test("HTML in the source is plain text to the parser", () => {
-  assert.deepEqual(parseMarkdown("<img src=x onerror=alert(1)>"), [
-    { kind: "paragraph", lines: [[{ kind: "text", text: "<img src=x onerror=alert(1)>" }]] },
-  ]);
+test("web and mail links are links; bare URLs and addresses too (linkify)", () => {
+  const hrefs = (/** @type {string} */ source) => inline(source).filter((t) => t.type === "link_open").map((t) => t.attrGet("href"));
+  assert.deepEqual(hrefs("[a](https://e.org/x) [b](http://e.org) [c](mailto:a@e.org)"), ["https://e.org/x", "http://e.org", "mailto:a@e.org"]);
+  assert.deepEqual(hrefs("see https://e.org/path?q=1. and write to a@e.org"), ["https://e.org/path?q=1", "mailto:a@e.org"]);
+});
+
+test("only safe data: images pass: png, gif, jpeg, webp", () => {
+  assert.ok(isSafeUrl("data:image/png;base64,iVBORw0KGgo=", true));
+  assert.ok(!isSafeUrl("data:image/png;base64,iVBORw0KGgo="), "not as a link");
+  assert.ok(!isSafeUrl("data:image/svg+xml;base64,PHN2Zz4=", true));
+  assert.ok(isSafeUrl("https://e.org/a.png", true) && isSafeUrl("HTTPS://E.ORG"));
+  const [image] = inline("![alt](data:image/gif;base64,R0lGODlh)");
+  assert.equal(image.type, "image");
+});
+
+test("tables, strikethrough, nested lists and fences are parsed", () => {
+  const types = md.parse("| a | b |\n|:-|-:|\n| 1 | ~~2~~ |\n\n1. x\n   - y\n\n```py\nx = 1\n```\n", {}).map((t) => t.type);
+  for (const type of ["table_open", "th_open", "td_open", "ordered_list_open", "bullet_list_open", "fence"]) {
+    assert.ok(types.includes(type), type);
+  }
+  assert.ok(md.parse("~~gone~~", {})[1].children?.some((t) => t.type === "s_open"));
+});
+
+test("a streamed answer's blocks are final once a later block has begun for good", () => {
+  const finished = (/** @type {string} */ text) => finishedLines(md.parse(text, {}), text);
+  assert.equal(finished("para\n\nnext"), 2, "after a blank line a new block is final at once");
+  assert.equal(finished("# Title\n\nbody"), 2);
+  assert.equal(finished("text\n#"), 0, "`#` may still become `#tag`, a line of the paragraph");
+  assert.equal(finished("text\n#\n"), 1, "a complete `#` line is a heading");
+  assert.equal(finished("- a\n\n1"), 0, "`1` may still become `1.`: digits wait (a list item may continue a list above)");
+  assert.equal(finished("- a\n\nb"), 2);
+  assert.equal(finished("para\n| a | b |\n|---|---|"), 0, "a table is one only once its delimiter row is complete");
+  assert.equal(finished("para\n| a | b |\n|---|---|\n"), 1);
+  assert.equal(finished("```\ncode\n\nmore"), 0, "an open fence is one block");
+  assert.equal(finished("only\nlines\nof one paragraph\n"), 0);
+});
+
+test("how much of a growing paragraph no later text can change", () => {
+  assert.equal(stableCut("plain words and more"), "plain words and ".length);
+  assert.equal(stableCut("This is **bold** and `code` then `inl"), "This is **bold** and `code` then ".length);
+  assert.equal(stableCut("an *open emphasis that goes on"), "an ".length, "not past a delimiter still open");
+  assert.equal(stableCut("word"), 0);
+  assert.equal(stableCut("ends with a space "), "ends with a ".length, "a trailing space may end a line (a hard break)");
+});
+
+test("highlight.js gives a token tree (text, not HTML); unknown languages are plain", () => {
+  const tree = highlightTree("const a = '<b>'; // hi", "js");
+  assert.ok(tree);
+  const flat = (/** @type {any} */ node) => node.children.map((c) => (typeof c === "string" ? c : flat(c))).join("");
+  assert.equal(flat(tree), "const a = '<b>'; // hi", "the text unchanged, unescaped: it becomes text nodes");
+  const scopes = (/** @type {any} */ node) => node.children.flatMap((c) => (typeof c === "string" ? [] : [c.scope, ...scopes(c)]));
+  assert.deepEqual(scopes(tree), ["keyword", "string", "comment"]);
+  assert.equal(highlightTree("x", "no-such-language"), null);
 });

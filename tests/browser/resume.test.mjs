@@ -19,6 +19,8 @@ import { after, before, beforeEach, describe, test } from "node:test";
 
 import { chromium } from "playwright-core";
 
+import { need, waitUntil } from "./support.mjs";
+
 const pageUrl = process.env.TOKENRELAY_RESUME_URL;
 const KEY = "tr-resume-test-key";
 
@@ -252,26 +254,3 @@ describe("resumable streams on the chat page", { skip: !pageUrl && "TOKENRELAY_R
     appendFileSync(resultFile, `${JSON.stringify(result)}\n`);
   }
 });
-
-/**
- * @template T
- * @param {() => Promise<T | undefined>} probe
- * @param {number} ms
- * @returns {Promise<T>}
- */
-async function waitUntil(probe, ms) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) assert.fail(`not true within ${ms} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
-
-/** @param {string} name */
-function need(name) {
-  const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set: run this through tests/e2e/test_web_page.py`);
-  return value;
-}

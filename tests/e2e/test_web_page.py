@@ -89,6 +89,32 @@ def test_chat_page_in_chromium(gateway: Gateway, sim: Sim) -> None:
     assert screenshot.stat().st_size > 10_000, "a screenshot of the finished conversation was written"
 
 
+@pytest.mark.timeout(300)
+def test_chat_console_in_chromium(gateway: Gateway) -> None:
+    """``tests/browser/chat_console.test.mjs``: kept conversations, sidebar, regenerate and edit,
+    stats, code blocks with Copy, keyboard only, 375 px, frame time, axe-core (light and dark)."""
+    needs_browser()
+    missing(((BROWSER_TESTS / "node_modules" / "axe-core").exists(), "npm ci in tests/browser"))
+    shots = [ARTIFACT_DIR / f"chat-{name}.png" for name in ("light", "dark", "375")]
+    for shot in shots:
+        shot.unlink(missing_ok=True)
+    report = node_test(
+        BROWSER_TESTS,
+        {
+            "TOKENRELAY_CHAT_CONSOLE": "1",
+            "TOKENRELAY_URL": gateway.url,
+            "ARTIFACT_DIR": str(ARTIFACT_DIR),
+            "CHROMIUM": CHROMIUM,
+        },
+        290,
+        "chat_console.test.mjs",
+    )
+    # The file skips itself without TOKENRELAY_CHAT_CONSOLE: make sure its tests ran here.
+    assert re.search(r"\bpass 12\b", report) and not re.search(r"\bskipped [1-9]", report), report
+    for shot in shots:
+        assert shot.stat().st_size > 10_000, f"{shot.name} was written"
+
+
 @pytest.mark.timeout(120)
 def test_js_client_unit_and_live_gateway(gateway: Gateway) -> None:
     missing((shutil.which("node") is not None, "node"))

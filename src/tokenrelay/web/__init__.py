@@ -28,6 +28,11 @@ async def _index(_request: Request) -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", headers=_PAGE_HEADERS)
 
 
+async def _admin(_request: Request) -> FileResponse:
+    # The page itself is public (it holds no data); everything it shows needs the admin key.
+    return FileResponse(STATIC_DIR / "admin.html", headers=_PAGE_HEADERS)
+
+
 async def _favicon(_request: Request) -> FileResponse:
     # Browsers ask for /favicon.ico whatever the page links; a 404 is a console error in each.
     return FileResponse(
@@ -36,13 +41,15 @@ async def _favicon(_request: Request) -> FileResponse:
 
 
 def web_routes() -> list[BaseRoute]:
-    """``/`` (the chat page), ``/favicon.ico``, and ``/static/`` (scripts, styles, the JS client).
+    """``/`` (the chat page), ``/admin`` (the operators' console), ``/favicon.ico``, and
+    ``/static/`` (scripts, styles, vendored libraries, the JS client).
 
     ``static/client`` links to ``clients/js/src``, the npm package's own files, so the page
     and the published library are one code base; ``follow_symlink`` lets the server read it.
     """
     return [
         Route("/", _index, methods=["GET", "HEAD"]),
+        Route("/admin", _admin, methods=["GET", "HEAD"]),
         Route("/favicon.ico", _favicon, methods=["GET", "HEAD"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR, follow_symlink=True), name="static"),
     ]

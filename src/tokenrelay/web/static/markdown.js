@@ -1,215 +1,391 @@
-// A small Markdown renderer for model answers that cannot inject HTML: the text is parsed
-// into plain block/inline objects, then turned into DOM nodes with createElement and text
-// nodes only. No string is ever parsed as HTML, so `<img onerror=...>` in an answer stays
-// text. It renders partial input too (an unclosed code fence while tokens still arrive).
+// Markdown for model answers, over the vendored markdown-it (parsing) and highlight.js (code).
+//
+// Safety: markdown-it runs with `html: false` (raw HTML in an answer stays text), and its HTML
+// renderer is not used at all: the DOM is built here from markdown-it's tokens with
+// createElement and text nodes, for an allow-list of tags and attributes. No string from a
+// model is ever parsed as HTML, highlighted code included (highlight.js's token tree is walked,
+// its HTML output is not used). Links go to http(s) and mailto only; images only from safe
+// `data:image/...` URLs (the page's CSP allows no other image source, and a remote image
+// would tell a third party that the answer was read): any other image becomes a link.
+//
+// Streaming: `StreamingMarkdown` renders a growing answer once per frame without starting
+// over. Finished top-level blocks are rendered once and kept; only the last block (and at
+// most one before it, until the line after it is complete) is rendered again. A last block
+// that is a long paragraph keeps the start of its text that no later text can change, and an
+// open code fence only appends once it is large (it is highlighted whole when it ends).
+
+import hljs from "./vendor/highlight.min.js";
+import markdownit from "./vendor/markdown-it.min.js";
+
+const LINK_URL = /^(https?:|mailto:)/i;
+const IMAGE_DATA_URL = /^data:image\/(gif|png|jpeg|webp);/i;
+/** A code fence's language, used as a class name: letters, digits and a few signs only. */
+const LANGUAGE = /^[\w#+.-]{1,40}$/;
+/** Open code fences longer than this are appended to, not highlighted again, each frame. */
+const HIGHLIGHT_LIVE_LIMIT = 4000;
+/** A line being written that may still become an ordered list's next item. */
+const MAYBE_ITEM = /^ {0,3}\d{0,9}$/;
+/** Characters that, left unpaired in a paragraph's text, may pair with text still to come. */
+const UNPAIRED = /[`*_~[\]]/;
 
 /**
- * @typedef {{kind: "text", text: string}
- *   | {kind: "code", text: string}
- *   | {kind: "strong" | "em", children: Inline[]}
- *   | {kind: "link", href: string, children: Inline[]}} Inline
- * @typedef {{kind: "paragraph", lines: Inline[][]}
- *   | {kind: "heading", level: number, children: Inline[]}
- *   | {kind: "code", lang: string, text: string}
- *   | {kind: "list", ordered: boolean, items: Inline[][]}
- *   | {kind: "quote", lines: Inline[][]}} Block
+ * Whether a URL from an answer may become a link (`image`: or an image's source).
+ * @param {string} url
+ * @param {boolean} [image]
  */
+export function isSafeUrl(url, image = false) {
+  const trimmed = url.trim();
+  return LINK_URL.test(trimmed) || (image && IMAGE_DATA_URL.test(trimmed));
+}
 
-const FENCE = /^\s*(```|~~~)\s*([\w+-]*)\s*$/;
-const HEADING = /^(#{1,6})\s+(.*)$/;
-const BULLET = /^\s*[-*+]\s+(.*)$/;
-const NUMBERED = /^\s*\d{1,9}[.)]\s+(.*)$/;
-const QUOTE = /^\s*>\s?(.*)$/;
-// Links only to the web or mail: `javascript:` and `data:` URLs stay text.
-const SAFE_HREF = /^(https?:\/\/|mailto:)/i;
-const INLINE =
-  /(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)|\*\*(?=\S)([\s\S]*?\S)\*\*|(?<!\w)__(?=\S)([\s\S]*?\S)__(?!\w)|\*(?=[^\s*])([^*]*?[^\s*])\*|\[([^\]\n]+)\]\(([^()\s]+)\)/g;
+/** The page's markdown-it: CommonMark plus tables and strikethrough, URLs made links, no HTML. */
+export const md = markdownit({ html: false, linkify: true, typographer: false });
+// Refuses javascript:, vbscript:, file:, data: (but safe images) and relative URLs: such a
+// link stays text. Which of link or image a data: URL may be is decided when rendering.
+md.validateLink = (/** @type {string} */ url) => isSafeUrl(url, true);
 
 /**
- * Parse Markdown text into blocks.
+ * Render Markdown as DOM nodes (an allow-list of elements, text nodes, no HTML parsing).
  * @param {string} source
- * @returns {Block[]}
- */
-export function parseMarkdown(source) {
-  /** @type {Block[]} */
-  const blocks = [];
-  const lines = source.replace(/\r\n?/g, "\n").split("\n");
-  let i = 0;
-  while (i < lines.length) {
-    const line = lines[i];
-    const fence = FENCE.exec(line);
-    if (fence) {
-      const body = [];
-      i += 1;
-      while (i < lines.length && !(lines[i].trim() === fence[1])) body.push(lines[i++]);
-      i += 1; // the closing fence (or the end of a partial answer)
-      blocks.push({ kind: "code", lang: fence[2], text: body.join("\n") });
-      continue;
-    }
-    if (!line.trim()) {
-      i += 1;
-      continue;
-    }
-    const heading = HEADING.exec(line);
-    if (heading) {
-      blocks.push({ kind: "heading", level: heading[1].length, children: parseInline(heading[2]) });
-      i += 1;
-      continue;
-    }
-    const listPattern = BULLET.test(line) ? BULLET : NUMBERED.test(line) ? NUMBERED : null;
-    if (listPattern) {
-      const items = [];
-      for (let m; i < lines.length && (m = listPattern.exec(lines[i])); i += 1) items.push(parseInline(m[1]));
-      blocks.push({ kind: "list", ordered: listPattern === NUMBERED, items });
-      continue;
-    }
-    if (QUOTE.test(line)) {
-      const quoted = [];
-      for (let m; i < lines.length && (m = QUOTE.exec(lines[i])); i += 1) quoted.push(parseInline(m[1]));
-      blocks.push({ kind: "quote", lines: quoted });
-      continue;
-    }
-    const paragraph = [];
-    while (i < lines.length && lines[i].trim() && !startsBlock(lines[i])) paragraph.push(parseInline(lines[i++]));
-    blocks.push({ kind: "paragraph", lines: paragraph });
-  }
-  return blocks;
-}
-
-/** @param {string} line */
-function startsBlock(line) {
-  return FENCE.test(line) || HEADING.test(line) || BULLET.test(line) || NUMBERED.test(line) || QUOTE.test(line);
-}
-
-/**
- * Parse the inline spans of one line.
- * @param {string} text
- * @returns {Inline[]}
- */
-export function parseInline(text) {
-  /** @type {Inline[]} */
-  const out = [];
-  let last = 0;
-  for (const m of text.matchAll(INLINE)) {
-    const start = m.index ?? 0;
-    if (start > last) out.push({ kind: "text", text: text.slice(last, start) });
-    if (m[2] !== undefined) out.push({ kind: "code", text: m[2] });
-    else if (m[3] !== undefined || m[4] !== undefined) out.push({ kind: "strong", children: parseInline(m[3] ?? m[4]) });
-    else if (m[5] !== undefined) out.push({ kind: "em", children: parseInline(m[5]) });
-    else if (SAFE_HREF.test(m[7])) out.push({ kind: "link", href: m[7], children: parseInline(m[6]) });
-    else out.push({ kind: "text", text: m[0] });
-    last = start + m[0].length;
-  }
-  if (last < text.length) out.push({ kind: "text", text: text.slice(last) });
-  return out;
-}
-
-/**
- * Render Markdown as DOM nodes (text nodes and a fixed set of elements only).
- * @param {string} source
- * @param {Document} doc
+ * @param {Document} [doc]
  * @returns {DocumentFragment}
  */
 export function renderMarkdown(source, doc = document) {
+  return renderTokens(md.parse(source, {}), doc);
+}
+
+/** @typedef {ReturnType<typeof md.parse>[number]} Token */
+
+/** Elements a block or inline token pair may open (markdown-it's type, without `_open`). */
+const PAIRED = new Map([
+  ["paragraph", "p"], ["blockquote", "blockquote"], ["bullet_list", "ul"], ["ordered_list", "ol"],
+  ["list_item", "li"], ["table", "table"], ["thead", "thead"], ["tbody", "tbody"], ["tr", "tr"],
+  ["th", "th"], ["td", "td"], ["strong", "strong"], ["em", "em"], ["s", "s"],
+]);
+
+/**
+ * @param {Token[]} tokens markdown-it's block tokens (inline ones are their `children`)
+ * @param {Document} [doc]
+ * @returns {DocumentFragment}
+ */
+export function renderTokens(tokens, doc = document) {
   const fragment = doc.createDocumentFragment();
-  for (const block of parseMarkdown(source)) fragment.append(renderBlock(block, doc));
+  appendTokens(fragment, tokens, doc);
   return fragment;
 }
 
-/** @param {Block} block @param {Document} doc @returns {HTMLElement} */
-function renderBlock(block, doc) {
-  switch (block.kind) {
-    case "code": {
-      const pre = doc.createElement("pre");
-      const code = pre.appendChild(doc.createElement("code"));
-      code.textContent = block.text;
-      if (block.lang) code.dataset.lang = block.lang;
-      return pre;
-    }
-    case "heading":
-      // Answers sit inside the page: their headings start below the page's own.
-      return withInline(doc.createElement(`h${Math.min(block.level + 2, 6)}`), block.children, doc);
-    case "list": {
-      const list = doc.createElement(block.ordered ? "ol" : "ul");
-      for (const item of block.items) list.append(withInline(doc.createElement("li"), item, doc));
-      return list;
-    }
-    case "quote":
-      return withLines(doc.createElement("blockquote"), block.lines, doc);
-    case "paragraph":
-      return withLines(doc.createElement("p"), block.lines, doc);
-  }
-}
-
-/** @param {HTMLElement} parent @param {Inline[][]} lines @param {Document} doc */
-function withLines(parent, lines, doc) {
-  lines.forEach((line, index) => {
-    if (index > 0) parent.append(doc.createElement("br"));
-    withInline(parent, line, doc);
-  });
-  return parent;
-}
-
-/** @param {HTMLElement} parent @param {Inline[]} spans @param {Document} doc */
-function withInline(parent, spans, doc) {
-  for (const span of spans) {
-    if (span.kind === "text") {
-      parent.append(doc.createTextNode(span.text));
-    } else if (span.kind === "code") {
-      const code = doc.createElement("code");
-      code.textContent = span.text;
-      parent.append(code);
-    } else if (span.kind === "link") {
-      const link = doc.createElement("a");
-      link.href = span.href;
-      link.rel = "noopener noreferrer nofollow";
-      link.target = "_blank";
-      parent.append(withInline(link, span.children, doc));
+/** @param {Node} root @param {Token[]} tokens @param {Document} doc */
+function appendTokens(root, tokens, doc) {
+  /** @type {Node[]} */
+  const stack = [root];
+  for (const token of tokens) {
+    const parent = /** @type {Node} */ (stack.at(-1));
+    if (token.nesting === 1) {
+      const element = token.hidden ? null : openElement(token, doc);
+      if (element) parent.appendChild(element);
+      stack.push(element ?? parent); // a tight list's hidden paragraph: its text goes in the item
+    } else if (token.nesting === -1) {
+      if (stack.length > 1) stack.pop();
     } else {
-      parent.append(withInline(doc.createElement(span.kind), span.children, doc));
+      appendLeaf(parent, token, doc);
     }
   }
-  return parent;
 }
 
-// Characters that can open an inline span: text holding none of them, outside finished
-// spans, can never become part of a span whatever follows it.
-const OPENERS = /[`*_[]/;
+/** @param {Token} token @param {Document} doc @returns {HTMLElement | null} */
+function openElement(token, doc) {
+  const type = token.type.slice(0, -"_open".length);
+  if (type === "heading") {
+    // Answers sit inside the page: their headings start below the page's own.
+    const level = Math.min(Number(token.tag.slice(1)) + 2, 6);
+    return doc.createElement(`h${Number.isInteger(level) ? level : 6}`);
+  }
+  if (type === "link") {
+    const href = token.attrGet("href") ?? "";
+    if (!isSafeUrl(href)) return doc.createElement("span"); // a data: image URL as a link
+    const link = doc.createElement("a");
+    link.href = href;
+    const title = token.attrGet("title");
+    if (title) link.title = title;
+    link.rel = "noopener noreferrer nofollow";
+    link.target = "_blank";
+    return link;
+  }
+  const tag = PAIRED.get(type);
+  if (!tag) return doc.createElement("span"); // a token type this page does not know
+  const element = doc.createElement(tag);
+  if (type === "ordered_list") {
+    const start = Number(token.attrGet("start") ?? 1);
+    if (Number.isSafeInteger(start) && start !== 1) /** @type {HTMLOListElement} */ (element).start = start;
+  } else if (type === "th" || type === "td") {
+    // markdown-it sets `style="text-align:..."`; the page's CSP allows no inline style.
+    const align = /text-align:(left|right|center)/.exec(token.attrGet("style") ?? "");
+    if (align) element.className = `align-${align[1]}`;
+  }
+  return element;
+}
+
+/** @param {Node} parent @param {Token} token @param {Document} doc */
+function appendLeaf(parent, token, doc) {
+  switch (token.type) {
+    case "inline":
+      appendTokens(parent, token.children ?? [], doc);
+      return;
+    case "text":
+    case "text_special":
+    case "html_inline": // never made with html: false; text if it ever were
+    case "html_block":
+      parent.appendChild(doc.createTextNode(token.content));
+      return;
+    case "softbreak":
+      parent.appendChild(doc.createTextNode("\n"));
+      return;
+    case "hardbreak":
+      parent.appendChild(doc.createElement("br"));
+      return;
+    case "code_inline": {
+      const code = doc.createElement("code");
+      code.textContent = token.content;
+      parent.appendChild(code);
+      return;
+    }
+    case "hr":
+      parent.appendChild(doc.createElement("hr"));
+      return;
+    case "fence":
+    case "code_block":
+      parent.appendChild(codeBlock(token.content, languageOf(token.info), doc).block);
+      return;
+    case "image":
+      parent.appendChild(image(token, doc));
+      return;
+    default:
+      if (token.content) parent.appendChild(doc.createTextNode(token.content));
+  }
+}
+
+/** @param {Token} token @param {Document} doc */
+function image(token, doc) {
+  const src = token.attrGet("src") ?? "";
+  const alt = (token.children ?? []).map((/** @type {Token} */ child) => child.content).join("");
+  if (isSafeUrl(src, true) && !isSafeUrl(src)) {
+    const img = doc.createElement("img");
+    img.src = src;
+    img.alt = alt;
+    return img;
+  }
+  // A remote image is shown as a link to it: loading it would tell its server the answer was read.
+  const link = doc.createElement("a");
+  link.href = src;
+  link.rel = "noopener noreferrer nofollow";
+  link.target = "_blank";
+  link.className = "image-link";
+  link.textContent = `image: ${alt || src}`;
+  return link;
+}
+
+/** @param {string} info a fence's info string */
+function languageOf(info) {
+  const word = info.trim().split(/\s+/, 1)[0] ?? "";
+  return LANGUAGE.test(word) ? word.toLowerCase() : "";
+}
 
 /**
- * What a complete line is to the block parser above (same patterns, same precedence).
- * @param {string} line
- * @returns {"fence" | "blank" | "heading" | "bullet" | "numbered" | "quote" | "text"}
+ * A code block: a header with its language and a Copy button, then `pre > code`, highlighted
+ * when highlight.js knows the language.
+ * @param {string} text
+ * @param {string} lang
+ * @param {Document} doc
+ * @param {boolean} [highlight]
  */
-function lineKind(line) {
-  if (FENCE.test(line)) return "fence";
-  if (!line.trim()) return "blank";
-  if (HEADING.test(line)) return "heading";
-  if (BULLET.test(line)) return "bullet";
-  if (NUMBERED.test(line)) return "numbered";
-  if (QUOTE.test(line)) return "quote";
-  return "text";
+function codeBlock(text, lang, doc, highlight = true) {
+  const block = doc.createElement("div");
+  block.className = "code-block";
+  const head = block.appendChild(doc.createElement("div"));
+  head.className = "code-head";
+  const label = head.appendChild(doc.createElement("span"));
+  label.className = "code-lang";
+  label.textContent = lang || "text";
+  const copy = head.appendChild(doc.createElement("button"));
+  copy.type = "button";
+  copy.className = "copy";
+  copy.textContent = "Copy";
+  copy.setAttribute("aria-label", `Copy ${lang || "the"} code`);
+  const pre = block.appendChild(doc.createElement("pre"));
+  const code = pre.appendChild(doc.createElement("code"));
+  if (lang) code.dataset.lang = lang;
+  fillCode(code, text, lang, doc, highlight);
+  return { block, code };
 }
 
 /**
- * Renders a growing Markdown answer into a container, touching only what changed.
+ * @param {HTMLElement} code
+ * @param {string} text
+ * @param {string} lang
+ * @param {Document} doc
+ * @param {boolean} highlight
+ */
+function fillCode(code, text, lang, doc, highlight) {
+  const root = highlight && lang ? highlightTree(text, lang) : null;
+  if (root === null) {
+    code.className = "";
+    code.replaceChildren(doc.createTextNode(text));
+    return;
+  }
+  code.className = `hljs language-${lang}`;
+  code.replaceChildren();
+  appendHighlight(code, root, doc);
+}
+
+/**
+ * highlight.js's token tree for `text` (strings and `{scope, children}` nodes), or null when
+ * the language is unknown. The tree, not the HTML string, so nothing is parsed as HTML.
+ * @param {string} text
+ * @param {string} lang
+ * @returns {{scope?: string, children: any[]} | null}
+ */
+export function highlightTree(text, lang) {
+  if (!hljs.getLanguage(lang)) return null;
+  try {
+    const result = /** @type {any} */ (hljs.highlight(text, { language: lang, ignoreIllegals: true }));
+    const root = result._emitter?.rootNode;
+    return root && Array.isArray(root.children) ? root : null;
+  } catch {
+    return null; // a grammar that fails on odd input: plain text
+  }
+}
+
+/** @param {Node} parent @param {{scope?: string, children: any[]}} node @param {Document} doc */
+function appendHighlight(parent, node, doc) {
+  for (const /** @type {any} */ child of node.children) {
+    if (typeof child === "string") {
+      parent.appendChild(doc.createTextNode(child));
+    } else if (child && Array.isArray(child.children)) {
+      const span = doc.createElement("span");
+      if (typeof child.scope === "string") span.className = scopeClass(child.scope);
+      parent.appendChild(span);
+      appendHighlight(span, child, doc);
+    }
+  }
+}
+
+/** highlight.js's class names for a scope ("title.function" → "hljs-title function_"). @param {string} scope */
+function scopeClass(scope) {
+  if (scope.startsWith("language:")) return `language-${scope.slice(9)}`.replace(/[^\w-]/g, "");
+  const [first, ...rest] = scope.split(".");
+  return [`hljs-${first}`, ...rest.map((piece, i) => `${piece}${"_".repeat(i + 1)}`)]
+    .join(" ")
+    .replace(/[^\w -]/g, "");
+}
+
+/**
+ * Copy buttons of code blocks under `root` put their block's code on the clipboard.
+ * @param {HTMLElement} root
+ */
+export function handleCopyButtons(root) {
+  root.addEventListener("click", async (event) => {
+    const button = /** @type {HTMLElement} */ (event.target).closest?.("button.copy");
+    if (!(button instanceof HTMLButtonElement) || !root.contains(button)) return;
+    const code = button.closest(".code-block")?.querySelector("pre code");
+    if (!code) return;
+    try {
+      await navigator.clipboard.writeText(code.textContent ?? "");
+      button.textContent = "Copied";
+    } catch {
+      button.textContent = "Copy failed";
+    }
+    setTimeout(() => (button.textContent = "Copy"), 1500);
+  });
+}
+
+/**
+ * The line where the blocks that are final end, in markdown-it's tokens of `text` (0: none).
+ * A block is final once a later block has started on a complete line (and, for a table,
+ * once its delimiter row is complete too: a table starts a line above what makes it one),
+ * or on the line being written when the line before it is blank: no later text can then
+ * join the two (unless that line is digits so far: `1` may become `1.`, the next item of a
+ * list above). A start on the line being written otherwise is not enough: `text\n#` is a
+ * paragraph and a heading, `text\n#tag` one paragraph.
+ * @param {Token[]} tokens
+ * @param {string} text
+ * @returns {number}
+ */
+export function finishedLines(tokens, text) {
+  const lines = text.split("\n");
+  const partial = lines.length - 1; // the line being written (may be empty)
+  let boundary = 0;
+  for (const token of tokens) {
+    if (token.level !== 0 || token.nesting === -1 || !token.map) continue;
+    const start = token.map[0];
+    if (start === 0) continue;
+    const table = token.type === "table_open";
+    const settled = table
+      ? start + 1 < partial
+      : start < partial || (start === partial && !lines[start - 1].trim() && !MAYBE_ITEM.test(lines[partial]));
+    if (settled) boundary = start;
+  }
+  return boundary;
+}
+
+/**
+ * How much of the start of a paragraph's last piece of text no later text can change: it ends
+ * with a space before a word, and in its own inline parse every delimiter (`*_~` and code and
+ * link brackets) is paired. With markdown-it's typographer off, later text then cannot join
+ * it (emphasis pairs left to right, a finished URL or word cannot grow across the space).
+ * @param {string} text
+ * @returns {number}
+ */
+export function stableCut(text) {
+  const special = text.search(UNPAIRED);
+  for (const limit of special === -1 ? [text.length - 1] : [text.length - 1, special]) {
+    const cut = wordStartBefore(text, limit);
+    if (cut === 0) return 0;
+    if (special === -1 || cut <= special) return cut; // plain text: nothing in it can pair
+    const [inline] = md.parseInline(text.slice(0, cut), {});
+    if ((inline?.children ?? []).every((/** @type {Token} */ t) => t.type !== "text" || !UNPAIRED.test(t.content))) return cut;
+  }
+  return 0;
+}
+
+/** The last position at or before `limit` that starts a word after a space (0: none). @param {string} text @param {number} limit */
+function wordStartBefore(text, limit) {
+  for (let i = Math.min(limit, text.length - 1); i > 0; i -= 1) {
+    if (text[i - 1] === " " && !/\s/.test(text[i])) return i;
+  }
+  return 0;
+}
+
+/**
+ * Renders a growing Markdown answer into a container, touching only its end.
  *
- * An answer arrives a few characters at a time and is shown once per frame; rendering it
- * whole every frame costs time in proportion to its length, so a long answer would get
- * slower with every token. Instead finished blocks are committed -- rendered once, never
- * touched again -- as soon as no later text can change them: the block parser decides a
- * block from its own lines only, so a block is final once the line after it is complete
- * and does not continue it (a blank line, another kind of block), a heading once its line
- * is, a code fence once its closing line is. Of the one block still open:
- * - an open code fence's text node only grows;
- * - an open paragraph keeps its finished lines, and its last line up to a point no later
- *   text can change (see `safeCut`);
- * - anything else (a list, a quote) is rendered again.
- * The result is always the same as `renderMarkdown` of the whole text (a browser test checks
- * this at every length).
+ * `update(text)` once per frame with the whole answer so far; `finish()` at the end draws the
+ * last block whole (a long code fence highlighted). The result is what `renderMarkdown` of the
+ * whole text gives (a browser test checks this at every length), except that a reference
+ * definition (`[x]: url`) applies to links after it only.
  */
+/**
+ * @typedef {{kind: "paragraph", at: number, p: HTMLElement, kept: string, pending: Node[]}} GrowingParagraph
+ * @typedef {{kind: "code", at: number, info: string, code: HTMLElement, text: string, live: boolean}} GrowingCode
+ */
+
 export class StreamingMarkdown {
-  /** @param {HTMLElement} container @param {Document} doc */
+  /** The answer so far, as given and with its line endings made LF. */
+  raw = "";
+  source = "";
+  /** Where the text not yet drawn in kept blocks starts. */
+  committed = 0;
+  /** Reference definitions in the kept blocks (`[x]: url`). @type {Record<string, any>} */
+  references = {};
+  /** @type {Node[]} the nodes of the blocks drawn again each frame */
+  tail = [];
+  /**
+   * The last block when it grows in place: a paragraph with the start of its text kept, or
+   * an open code fence.
+   * @type {GrowingParagraph | GrowingCode | null}
+   */
+  growing = null;
+
+  /** @param {HTMLElement} container @param {Document} [doc] */
   constructor(container, doc = document) {
     this.container = container;
     this.doc = doc;
@@ -218,177 +394,138 @@ export class StreamingMarkdown {
 
   reset() {
     this.container.replaceChildren();
-    /** The text as given, and as parsed (CR and CRLF line endings made LF, as the parser does). */
     this.raw = "";
     this.source = "";
-    /** Offset up to which the text is rendered in committed blocks. */
     this.committed = 0;
-    /** Offset of the first line not yet scanned. */
-    this.scanned = 0;
-    /** @type {string | null} the kind of the block open at `scanned` ("fence:```", "text", ...) */
-    this.block = null;
-    /** @type {Node[]} nodes of the uncommitted tail */
+    this.references = {};
     this.tail = [];
-    /** @type {any} incremental state of the tail (a growing code block or paragraph) */
-    this.open = null;
+    this.growing = null;
   }
 
-  /** Show `raw` (the whole answer so far; it only grows, else the view starts over). */
+  /** Show `text`, the whole answer so far (it only grows; else the view starts over). */
   update(/** @type {string} */ raw) {
     if (!raw.startsWith(this.raw)) this.reset();
+    // Line endings made LF as markdown-it does (its line numbers count LFs), a step at a time.
     let added = raw.slice(this.raw.length);
     if (this.raw.endsWith("\r") && added.startsWith("\n")) added = added.slice(1); // a CRLF split in two
     this.raw = raw;
-    const source = (this.source += added.replace(/\r\n?/g, "\n"));
-    const boundary = this.scan(source);
-    if (boundary > this.committed) {
-      this.dropTail();
-      this.container.append(renderMarkdown(source.slice(this.committed, boundary), this.doc));
-      this.committed = boundary;
+    const text = (this.source += added.replace(/\r\n?/g, "\n"));
+    let tail = text.slice(this.committed);
+    let tokens = md.parse(tail, { references: { ...this.references } });
+    const finished = finishedLines(tokens, tail);
+    if (finished > 0) {
+      const offset = lineOffset(tail, finished);
+      const kept = tokens.slice(0, firstTokenAtLine(tokens, finished));
+      this.#keep(kept, tail.slice(0, offset));
+      this.committed += offset;
+      tail = tail.slice(offset);
+      tokens = md.parse(tail, { references: { ...this.references } });
     }
-    this.renderTail(source.slice(this.committed));
+    this.#drawTail(tokens);
   }
 
-  /** Scan the complete lines not scanned yet; returns where the finished blocks end. */
-  scan(/** @type {string} */ source) {
-    let boundary = this.committed;
-    let start = this.scanned;
-    for (let end = source.indexOf("\n", start); end !== -1; end = source.indexOf("\n", start)) {
-      const line = source.slice(start, end);
-      const block = this.block;
-      if (block?.startsWith("fence:")) {
-        if (line.trim() === block.slice(6)) [this.block, boundary] = [null, end + 1];
-      } else {
-        const kind = lineKind(line);
-        const continues =
-          (block === "text" && kind === "text") ||
-          ((block === "bullet" || block === "numbered" || block === "quote") && kind === block);
-        if (!continues) {
-          if (block !== null) boundary = start; // the open block ended before this line
-          if (kind === "blank" || kind === "heading") [this.block, boundary] = [null, end + 1];
-          else this.block = kind === "fence" ? `fence:${/** @type {RegExpExecArray} */ (FENCE.exec(line))[1]}` : kind;
-        }
-      }
-      start = end + 1;
-    }
-    this.scanned = start;
-    return boundary;
+  /** The answer is complete: draw its last block whole. */
+  finish() {
+    const tail = this.source.slice(this.committed);
+    this.#keep(md.parse(tail, { references: { ...this.references } }), tail);
+    this.committed = this.source.length;
   }
 
-  dropTail() {
+  /** Draw finished blocks once, before the tail, which is dropped. @param {Token[]} tokens @param {string} text */
+  #keep(tokens, text) {
+    this.#dropTail();
+    if (text.includes("]:")) {
+      const env = { references: { ...this.references } };
+      md.parse(text, env); // the blocks' reference definitions, for the links after them
+      this.references = env.references;
+    }
+    this.container.appendChild(renderTokens(tokens, this.doc));
+  }
+
+  #dropTail() {
     for (const node of this.tail) node.parentNode?.removeChild(node);
     this.tail = [];
-    this.open = null;
+    this.growing = null;
   }
 
-  /** @param {string} text the uncommitted end of the answer: at most one block */
-  renderTail(text) {
-    if (!text) return this.dropTail();
-    const firstEnd = text.indexOf("\n");
-    const fence = this.block?.startsWith("fence:") ? this.block.slice(6) : null;
-    // While its closing line is being typed the fence is closed to the parser: not a growing block.
-    const closing = fence !== null && text.slice(text.lastIndexOf("\n") + 1).trim() === fence;
-    if (fence !== null && firstEnd !== -1 && !closing) return this.growCode(text, firstEnd);
-    const lines = text.split("\n");
-    const last = lines[lines.length - 1];
-    const paragraph =
-      (this.block === "text" || this.block === null) &&
-      lines.slice(0, -1).every((line) => lineKind(line) === "text") &&
-      (last === "" ? lines.length > 1 : lineKind(last) === "text");
-    if (paragraph) return this.growParagraph(lines);
-    this.dropTail();
-    this.tail = [...renderMarkdown(text, this.doc).childNodes];
-    this.container.append(...this.tail);
+  /** @param {Token[]} tokens the blocks not final yet */
+  #drawTail(tokens) {
+    const blocks = tokens.filter((t) => t.level === 0 && t.nesting !== -1);
+    const only = blocks.length === 1 ? blocks[0] : null;
+    if (only?.type === "paragraph_open" && tokens.length === 3 && tokens[1].type === "inline") {
+      this.#growParagraph(tokens[1].content);
+    } else if (only?.type === "fence") {
+      this.#growCode(only);
+    } else {
+      this.#dropTail();
+      const fragment = renderTokens(tokens, this.doc);
+      this.tail = [...fragment.childNodes];
+      this.container.appendChild(fragment);
+    }
   }
 
-  /** An open code fence: its text only grows. */
-  growCode(/** @type {string} */ text, /** @type {number} */ firstEnd) {
-    const firstLine = text.slice(0, firstEnd);
-    const code = text.slice(firstEnd + 1);
-    const open = this.open;
-    if (open?.kind === "code" && open.firstLine === firstLine && code.startsWith(open.text)) {
-      open.node.appendData(code.slice(open.text.length));
-      open.text = code;
+  /** @param {string} content the paragraph's inline text */
+  #growParagraph(content) {
+    const previous = this.growing;
+    /** @type {GrowingParagraph} */
+    let growing;
+    if (previous?.kind === "paragraph" && previous.at === this.committed && content.startsWith(previous.kept)) {
+      growing = previous;
+    } else {
+      this.#dropTail();
+      const p = this.doc.createElement("p");
+      this.container.appendChild(p);
+      this.tail = [p];
+      growing = { kind: "paragraph", at: this.committed, p, kept: "", pending: [] };
+      this.growing = growing;
+    }
+    for (const node of growing.pending) node.parentNode?.removeChild(node);
+    let rest = content.slice(growing.kept.length);
+    const cut = stableCut(rest);
+    if (cut > 0) {
+      appendTokens(growing.p, md.parseInline(rest.slice(0, cut), {}), this.doc);
+      growing.kept += rest.slice(0, cut);
+      rest = rest.slice(cut);
+    }
+    const before = growing.p.childNodes.length;
+    appendTokens(growing.p, md.parseInline(rest, { references: this.references }), this.doc);
+    growing.pending = [...growing.p.childNodes].slice(before);
+  }
+
+  /** @param {Token} fence */
+  #growCode(fence) {
+    const growing = this.growing;
+    const text = fence.content;
+    if (growing?.kind === "code" && growing.at === this.committed && growing.info === fence.info && text.startsWith(growing.text)) {
+      if (growing.live && text.length <= HIGHLIGHT_LIVE_LIMIT) {
+        fillCode(growing.code, text, languageOf(fence.info), this.doc, true);
+      } else {
+        // Too long to highlight every frame: the new text is appended plainly until the end.
+        if (growing.live) fillCode(growing.code, growing.text, "", this.doc, false);
+        growing.code.appendChild(this.doc.createTextNode(text.slice(growing.text.length)));
+        growing.live = false;
+      }
+      growing.text = text;
       return;
     }
-    this.dropTail();
-    const pre = /** @type {HTMLElement} */ (renderMarkdown(text, this.doc).firstChild);
-    const codeElement = /** @type {HTMLElement} */ (pre.firstChild);
-    const node = this.doc.createTextNode(code);
-    codeElement.replaceChildren(node);
-    this.container.append(pre);
-    this.tail = [pre];
-    this.open = { kind: "code", firstLine, text: code, node };
-  }
-
-  /**
-   * An open paragraph: its finished lines, and a safe start of its last line, stay.
-   * @param {string[]} lines its lines so far; only the last may be empty (nothing of it yet)
-   */
-  growParagraph(lines) {
-    let open = this.open;
-    if (open?.kind !== "paragraph") {
-      this.dropTail();
-      const p = this.doc.createElement("p");
-      this.container.append(p);
-      this.tail = [p];
-      // done: lines rendered whole; cut: how much of line `done` is rendered; started: its <br> is in
-      open = this.open = { kind: "paragraph", p, done: 0, cut: 0, started: false, pending: [] };
-    }
-    for (const node of open.pending) node.parentNode?.removeChild(node);
-    open.pending = [];
-    const lastIndex = lines.length - 1;
-    while (open.done < lastIndex) {
-      this.startLine(open);
-      withInline(open.p, parseInline(lines[open.done].slice(open.cut)), this.doc);
-      [open.done, open.cut, open.started] = [open.done + 1, 0, false];
-    }
-    const rest = lines[lastIndex].slice(open.cut);
-    if (!rest) return;
-    this.startLine(open);
-    const cut = safeCut(rest);
-    if (cut > 0) {
-      withInline(open.p, parseInline(rest.slice(0, cut)), this.doc);
-      open.cut += cut;
-    }
-    const before = open.p.childNodes.length;
-    withInline(open.p, parseInline(rest.slice(cut)), this.doc);
-    open.pending = [...open.p.childNodes].slice(before);
-  }
-
-  /** The line break before a paragraph's next line, once that line has begun. */
-  startLine(/** @type {any} */ open) {
-    if (open.started) return;
-    if (open.done > 0) open.p.append(this.doc.createElement("br"));
-    open.started = true;
+    this.#dropTail();
+    const live = text.length <= HIGHLIGHT_LIVE_LIMIT;
+    const { block, code } = codeBlock(text, languageOf(fence.info), this.doc, live);
+    this.container.appendChild(block);
+    this.tail = [block];
+    this.growing = { kind: "code", at: this.committed, info: fence.info, code, text, live };
   }
 }
 
-/**
- * The longest start of `text` (the open end of a line) whose inline parse no later text can
- * change: it ends right after a space, before which every span is finished and no character
- * outside a span could open one. Every inline pattern starts with one of OPENERS, the matcher
- * never starts inside a match it found, and a finished span with a character after it is
- * final (code and `__` spans look one character past their end).
- * @param {string} text
- * @returns {number}
- */
-export function safeCut(text) {
-  let cut = 0;
-  let from = 0;
-  const plain = (/** @type {number} */ to) => {
-    for (let i = from; i < to; i += 1) {
-      if (OPENERS.test(text[i])) return false;
-      if (text[i] === " " && i + 1 < text.length) cut = i + 1;
-    }
-    return true;
-  };
-  for (const m of text.matchAll(INLINE)) {
-    const start = m.index ?? 0;
-    if (!plain(start)) return cut;
-    from = start + m[0].length;
-    if (from >= text.length) return cut;
-  }
-  plain(text.length);
-  return cut;
+/** Where line `line` of `text` starts. @param {string} text @param {number} line */
+function lineOffset(text, line) {
+  let offset = 0;
+  for (let i = 0; i < line; i += 1) offset = text.indexOf("\n", offset) + 1;
+  return offset;
+}
+
+/** The index of the first top-level token starting at or after `line`. @param {Token[]} tokens @param {number} line */
+function firstTokenAtLine(tokens, line) {
+  const index = tokens.findIndex((t) => t.level === 0 && t.nesting !== -1 && t.map && t.map[0] >= line);
+  return index === -1 ? tokens.length : index;
 }
