@@ -256,7 +256,8 @@ test("New chat while an answer streams: the old answer stays out of the new conv
 test("streamed Markdown renders exactly as the whole text would, at every length", async () => {
   const mismatches = await page.evaluate(async (randomDocuments) => {
     // @ts-ignore -- a module of the page, imported in the page
-    const { StreamingMarkdown, renderMarkdown } = await import("/static/markdown.js");
+    const { renderMarkdown } = await import("/static/markdown.js");
+    const { StreamingMarkdown } = await import("/static/markdown-stream.js");
     const documents = [
       ...randomDocuments,
       "# Title\nSome *em* and **strong** and `code` and [a link](https://e.org/x) here.\n\n- one\n- two `x`\n1. first\n2. second\n> quoted **b**\n> more\n\n```py\nprint('hi')\n\nx = 1\n```\nafter the fence\n## Sub\ntext\n",

@@ -5,7 +5,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { finishedLines, highlightTree, isSafeUrl, md, stableCut } from "../../src/tokenrelay/web/static/markdown.js";
+import { finishedLines, stableCut } from "../../src/tokenrelay/web/static/markdown-stream.js";
+import { highlightTree, isSafeUrl, md } from "../../src/tokenrelay/web/static/markdown.js";
 
 /** @param {string} source */
 const inline = (source) => md.parseInline(source, {})[0].children ?? [];

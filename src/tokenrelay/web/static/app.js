@@ -16,7 +16,8 @@ import { addMessage, editQuestion, showConversation, showError, updateActions } 
 import { ResumableChat } from "./chat/resumable.js";
 import { Sidebar } from "./chat/sidebar.js";
 import { ConversationStore, newId, titleFrom } from "./chat/store.js";
-import { StreamingMarkdown, handleCopyButtons } from "./markdown.js";
+import { StreamingMarkdown } from "./markdown-stream.js";
+import { handleCopyButtons } from "./markdown.js";
 
 const KEY_STORAGE = "tokenrelay.apiKey";
 const ACTIVE_STORAGE = "tokenrelay.activeChat";
