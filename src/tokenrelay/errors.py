@@ -137,6 +137,28 @@ class ModelNotAllowed(PermissionDenied):
     code = "model_not_allowed"
 
 
+class AdminKeyRequired(PermissionDenied):
+    """The admin API is off: auth is disabled or no admin key is configured."""
+
+    code = "admin_key_required"
+
+
+class KeyNotFound(TokenRelayError):
+    """No API key has this id (the admin API)."""
+
+    status_code = 404
+    error_type = "not_found_error"
+    code = "key_not_found"
+
+
+class MetricsDisabled(TokenRelayError):
+    """The live summary is read from the metrics, which are turned off."""
+
+    status_code = 404
+    error_type = "not_found_error"
+    code = "metrics_disabled"
+
+
 class RateLimitExceeded(TokenRelayError):
     status_code = 429
     error_type = "rate_limit_error"

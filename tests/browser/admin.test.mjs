@@ -20,9 +20,7 @@ import { createRequire } from "node:module";
 import { join } from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
 
-import { chromium } from "playwright-core";
-
-import { need, waitUntil as poll } from "./support.mjs";
+import { launchChromium, need, waitUntil as poll } from "./support.mjs";
 
 /** Polls every 100 ms: some probes here are requests to the gateway. @type {typeof poll} */
 const waitUntil = (probe, ms) => poll(probe, ms, 100);
@@ -48,12 +46,7 @@ describe("the admin console", { skip: !baseUrl && "TOKENRELAY_ADMIN_URL is not s
   let problems = [];
 
   before(async () => {
-    browser = await chromium.launch({
-      executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-      // This machine has no network beyond loopback: keep chromium from trying.
-      args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"],
-    });
+    browser = await launchChromium();
   });
   after(async () => browser?.close());
   afterEach(async () => {

@@ -14,9 +14,7 @@ import { createRequire } from "node:module";
 import { join } from "node:path";
 import { after, before, test as nodeTest } from "node:test";
 
-import { chromium } from "playwright-core";
-
-import { need } from "./support.mjs";
+import { launchChromium, need } from "./support.mjs";
 
 const skip = !process.env.TOKENRELAY_CHAT_CONSOLE && "TOKENRELAY_CHAT_CONSOLE is not set";
 const gatewayUrl = skip ? "" : need("TOKENRELAY_URL");
@@ -31,12 +29,7 @@ let browser;
 
 before(async () => {
   if (skip) return;
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    // This machine has no network beyond loopback: keep chromium from trying.
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
+  browser = await launchChromium();
 });
 after(async () => browser?.close());
 

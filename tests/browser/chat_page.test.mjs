@@ -9,9 +9,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, beforeEach, test } from "node:test";
 
-import { chromium } from "playwright-core";
-
-import { need, waitUntil } from "./support.mjs";
+import { launchChromium, need, waitUntil } from "./support.mjs";
 
 const gatewayUrl = need("TOKENRELAY_URL");
 const simUrl = need("TOKENRELAY_SIM_URL");
@@ -25,12 +23,7 @@ let page;
 let consoleErrors;
 
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    // This machine has no network beyond loopback: keep chromium from trying.
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
+  browser = await launchChromium();
 });
 after(async () => browser?.close());
 beforeEach(async () => {

@@ -3,16 +3,12 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { chromium } from "playwright-core";
+import { launchChromium } from "./support.mjs";
 
 const gatewayUrl = process.env.TOKENRELAY_LOCAL_URL;
 
 test("a conversation with the local model", { skip: !gatewayUrl && "TOKENRELAY_LOCAL_URL is not set" }, async () => {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
+  const browser = await launchChromium();
   try {
     const page = await browser.newPage();
     page.on("pageerror", (error) => assert.fail(`uncaught error in the page: ${error.message}`));

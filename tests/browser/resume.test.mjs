@@ -17,9 +17,7 @@ import { appendFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, beforeEach, describe, test } from "node:test";
 
-import { chromium } from "playwright-core";
-
-import { need, waitUntil } from "./support.mjs";
+import { launchChromium, need, waitUntil } from "./support.mjs";
 
 const pageUrl = process.env.TOKENRELAY_RESUME_URL;
 const KEY = "tr-resume-test-key";
@@ -41,12 +39,7 @@ describe("resumable streams on the chat page", { skip: !pageUrl && "TOKENRELAY_R
   let warnings;
 
   before(async () => {
-    browser = await chromium.launch({
-      executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-      // This machine has no network beyond loopback: keep chromium from trying.
-      args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"],
-    });
+    browser = await launchChromium();
   });
   after(async () => {
     await browser?.close();

@@ -1,6 +1,17 @@
 // What the browser tests share (not a test file: node --test does not pick it up).
 import assert from "node:assert/strict";
 
+import { chromium } from "playwright-core";
+
+/** Debian's chromium (or $CHROMIUM), kept off the network: this machine has only loopback. */
+export function launchChromium() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--no-first-run"],
+  });
+}
+
 /**
  * Poll ``probe`` until it returns something other than undefined, or fail after ``ms``.
  * @template T

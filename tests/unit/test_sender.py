@@ -14,6 +14,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
+from starlette.types import Send
 
 from tokenrelay.observability.metrics import NoMetrics
 from tokenrelay.protocols.base import SSE_COMMENT_PING, SSE_HEADERS
@@ -54,9 +55,14 @@ class FakeSend:
         return b"".join(m.get("body", b"") for m in self.messages if m["type"] == "http.response.body")
 
 
-def make_sender(send: FakeSend, streaming: bool = True) -> Sender:
+def make_sender(send: Send, streaming: bool = True, wire_send: Send | None = None) -> Sender:
     return Sender(
-        send, headers=SSE_HEADERS, streaming=streaming, keepalive=SSE_COMMENT_PING, metrics=NoMetrics()
+        send,
+        headers=SSE_HEADERS,
+        streaming=streaming,
+        keepalive=SSE_COMMENT_PING,
+        metrics=NoMetrics(),
+        wire_send=wire_send,
     )
 
 
@@ -199,14 +205,7 @@ async def test_chunks_go_to_the_servers_own_send_and_the_start_through_the_middl
         wrapped_messages.append(message)
         await wire(message)
 
-    sender = Sender(
-        through_middleware,
-        headers=SSE_HEADERS,
-        streaming=True,
-        keepalive=SSE_COMMENT_PING,
-        metrics=NoMetrics(),
-        wire_send=wire,
-    )
+    sender = make_sender(through_middleware, wire_send=wire)
     sender.release()
     for text in (b"one", b"two", b"three"):
         sender.pending += text
@@ -224,14 +223,7 @@ async def test_chunks_go_to_the_servers_own_send_and_the_start_through_the_middl
 
 async def test_a_detached_sender_writes_nowhere_not_even_to_the_servers_own_send() -> None:
     wire = FakeSend(yields=0)
-    sender = Sender(
-        wire,
-        headers=SSE_HEADERS,
-        streaming=True,
-        keepalive=SSE_COMMENT_PING,
-        metrics=NoMetrics(),
-        wire_send=wire,
-    )
+    sender = make_sender(wire, wire_send=wire)
     sender.release()
     sender.pending += b"one"
     await sender.flush()

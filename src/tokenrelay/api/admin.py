@@ -14,30 +14,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tokenrelay.api.admin_keys import KeyChanges, KeyNotFound, NewKey, audit, changed_fields, key_json, parse
+from tokenrelay.api.admin_keys import KeyChanges, NewKey, audit, changed_fields, key_json, parse
 from tokenrelay.api.routes import caller_of
 from tokenrelay.auth.keys import ApiKey, Authenticator
-from tokenrelay.errors import PermissionDenied, TokenRelayError
+from tokenrelay.errors import AdminKeyRequired, KeyNotFound, MetricsDisabled, PermissionDenied
 from tokenrelay.ledger.queries import usage_by_key
 from tokenrelay.observability.metrics import Metrics, NoMetrics
 from tokenrelay.observability.summary import StreamRate, live_summary
 from tokenrelay.relay import RelayRuntime
 
 admin_router = APIRouter()
-
-
-class AdminKeyRequired(PermissionDenied):
-    """The admin API is off: auth is disabled or no admin key is configured."""
-
-    code = "admin_key_required"
-
-
-class MetricsDisabled(TokenRelayError):
-    """The live summary is read from the metrics, which are turned off."""
-
-    status_code = 404
-    error_type = "not_found_error"
-    code = "metrics_disabled"
 
 
 async def require_admin(request: Request) -> None:

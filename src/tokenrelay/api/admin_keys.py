@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from tokenrelay.api.errors import describe_validation_errors
 from tokenrelay.auth.keys import ApiKey
-from tokenrelay.errors import InvalidRequest, TokenRelayError
+from tokenrelay.errors import InvalidRequest
 from tokenrelay.ledger.queries import KeyUsage
 
 # Written whatever log_level says: who changed which key, and when, must not depend on it.
@@ -30,14 +30,6 @@ Tokens = Annotated[int, Field(ge=0, le=_INT_MAX)]
 Dollars = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Positive = Annotated[int, Field(ge=1, le=_INT_MAX)]
 Models = Annotated[list[ModelName], Field(min_length=1, max_length=1000)]
-
-
-class KeyNotFound(TokenRelayError):
-    """No key has this id."""
-
-    status_code = 404
-    error_type = "not_found_error"
-    code = "key_not_found"
 
 
 class _Body(BaseModel):
